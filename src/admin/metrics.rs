@@ -1,0 +1,83 @@
+//! Metric names and their help texts: the one list that code, dashboards and alert rules
+//! share (deploy/ reads these exact names).
+//!
+//! Recording goes through the `metrics` facade; `/metrics` renders it with
+//! `metrics-exporter-prometheus`. Labels are kept bounded: event types that are not
+//! configured are recorded as `unknown`, so hostile input cannot explode cardinality.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+pub const EVENTS_CONSUMED: &str = "wxpush_events_consumed_total";
+pub const SENDS: &str = "wxpush_sends_total";
+pub const SEND_DURATION: &str = "wxpush_send_duration_seconds";
+pub const RETRIES_SCHEDULED: &str = "wxpush_retries_scheduled_total";
+pub const DEAD_LETTERS: &str = "wxpush_dead_letters_total";
+pub const REFUSED_DROPPED: &str = "wxpush_refused_dropped_total";
+pub const DUPLICATES_SKIPPED: &str = "wxpush_duplicates_skipped_total";
+pub const AMBIGUOUS: &str = "wxpush_ambiguous_total";
+pub const TOKEN_FETCHES: &str = "wxpush_token_fetches_total";
+pub const TOKEN_LOCK_WAITS: &str = "wxpush_token_lock_waits_total";
+pub const TOKEN_INVALIDATIONS: &str = "wxpush_token_invalidations_total";
+pub const IN_FLIGHT: &str = "wxpush_in_flight";
+pub const CONSUMER_UP: &str = "wxpush_consumer_up";
+pub const READY: &str = "wxpush_ready";
+pub const APP_CREDENTIAL_FAILED: &str = "wxpush_app_credential_failed";
+
+/// Registers help texts and units; call once after installing the recorder.
+pub fn describe() {
+    describe_counter!(
+        EVENTS_CONSUMED,
+        "Event messages taken from the events queue, by type."
+    );
+    describe_counter!(
+        SENDS,
+        "subscribe/send calls by app, template, outcome (ok or the error class) and errcode."
+    );
+    describe_histogram!(
+        SEND_DURATION,
+        Unit::Seconds,
+        "Latency of subscribe/send calls."
+    );
+    describe_counter!(
+        RETRIES_SCHEDULED,
+        "Messages parked in a delayed-retry tier, by tier."
+    );
+    describe_counter!(
+        DEAD_LETTERS,
+        "Messages dead-lettered, by reason (error class)."
+    );
+    describe_counter!(
+        REFUSED_DROPPED,
+        "43101 refusals dropped under on_refused = \"drop\"."
+    );
+    describe_counter!(
+        DUPLICATES_SKIPPED,
+        "Redelivered events already sent, acked without sending."
+    );
+    describe_counter!(
+        AMBIGUOUS,
+        "Sends whose answer never came, by the action taken."
+    );
+    describe_counter!(
+        TOKEN_FETCHES,
+        "access_token fetches from WeChat, by app and result."
+    );
+    describe_counter!(
+        TOKEN_LOCK_WAITS,
+        "Times a worker waited for another's token refresh."
+    );
+    describe_counter!(
+        TOKEN_INVALIDATIONS,
+        "Stale tokens invalidated after a token errcode."
+    );
+    describe_gauge!(IN_FLIGHT, "Messages being processed right now.");
+    describe_gauge!(CONSUMER_UP, "1 while the AMQP consumer is running.");
+    describe_gauge!(
+        READY,
+        "1 while the worker is ready (broker, Redis, consumer, apps)."
+    );
+    describe_gauge!(
+        APP_CREDENTIAL_FAILED,
+        "1 while an app is stopped by a credential errcode."
+    );
+}

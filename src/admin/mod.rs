@@ -1,0 +1,3 @@
+//! Operator-facing HTTP: `/healthz`, `/readyz` and `/metrics`.
+
+pub mod metrics;

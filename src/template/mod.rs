@@ -1,0 +1,3 @@
+//! Turning an event into a subscribe message: placeholders, filters, WeChat's value rules.
+
+pub mod rules;

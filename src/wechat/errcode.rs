@@ -1,0 +1,127 @@
+//! The one table that says what a WeChat answer means for a message.
+//!
+//! Retries, dead letters, the credential breaker and metrics all read [`classify`]; nothing
+//! else in the crate matches on raw errcodes. Classification is kept apart from transport
+//! (see `client.rs`): the client reports what happened, this module decides what it means.
+
+use std::fmt;
+
+/// What kind of failure a WeChat answer is, and so what the worker does with the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// The access_token is stale: invalidate exactly that token, refresh, retry at once.
+    Token,
+    /// Worth retrying later with backoff (system busy, rate limits, 5xx, timeouts).
+    Transient,
+    /// Can never succeed as sent: dead letter.
+    Permanent,
+    /// The user has no subscription left (43101): handled by `policy.on_refused`.
+    Refused,
+    /// The app itself is misconfigured: stop consuming its events, never dead-letter them.
+    Credential,
+    /// An errcode this table does not know: retried like a transient error, then dead-lettered.
+    Unknown,
+}
+
+impl ErrorClass {
+    /// The stable name used in dead-letter headers, logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Token => "token",
+            ErrorClass::Transient => "transient",
+            ErrorClass::Permanent => "permanent",
+            ErrorClass::Refused => "refused",
+            ErrorClass::Credential => "credential",
+            ErrorClass::Unknown => "unknown",
+        }
+    }
+
+    /// Whether a message failing this way should be retried later (with backoff).
+    pub fn retry_later(self) -> bool {
+        matches!(self, ErrorClass::Transient | ErrorClass::Unknown)
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// errcode → (class, what it means). Sources: WeChat's subscribe/send, token and
+/// jscode2session documentation.
+const TABLE: &[(i64, ErrorClass, &str)] = &[
+    (-1, ErrorClass::Transient, "system busy"),
+    (
+        40001,
+        ErrorClass::Token,
+        "access_token invalid or not the latest",
+    ),
+    (40014, ErrorClass::Token, "access_token malformed"),
+    (42001, ErrorClass::Token, "access_token expired"),
+    (45009, ErrorClass::Transient, "API daily quota reached"),
+    (
+        45011,
+        ErrorClass::Transient,
+        "API minute rate limit reached",
+    ),
+    (40003, ErrorClass::Permanent, "invalid openid"),
+    (40037, ErrorClass::Permanent, "invalid template_id"),
+    (47003, ErrorClass::Permanent, "template data invalid"),
+    (41030, ErrorClass::Permanent, "invalid page"),
+    (40029, ErrorClass::Permanent, "invalid js_code"),
+    (40163, ErrorClass::Permanent, "js_code already used"),
+    (
+        43101,
+        ErrorClass::Refused,
+        "user refused or has no subscription left",
+    ),
+    (40013, ErrorClass::Credential, "invalid appid"),
+    (40125, ErrorClass::Credential, "invalid appsecret"),
+    (
+        40164,
+        ErrorClass::Credential,
+        "caller IP not in the app's whitelist",
+    ),
+];
+
+/// The class of a non-zero errcode.
+pub fn classify(errcode: i64) -> ErrorClass {
+    TABLE
+        .iter()
+        .find(|(code, _, _)| *code == errcode)
+        .map_or(ErrorClass::Unknown, |(_, class, _)| *class)
+}
+
+/// A short human explanation of an errcode, for logs and dead-letter reasons.
+pub fn describe(errcode: i64) -> &'static str {
+    TABLE
+        .iter()
+        .find(|(code, _, _)| *code == errcode)
+        .map_or("unknown errcode", |(_, _, text)| text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_classes() {
+        for code in [40001, 40014, 42001] {
+            assert_eq!(classify(code), ErrorClass::Token, "{code}");
+        }
+        for code in [-1, 45009, 45011] {
+            assert_eq!(classify(code), ErrorClass::Transient, "{code}");
+        }
+        for code in [40003, 40037, 47003, 41030] {
+            assert_eq!(classify(code), ErrorClass::Permanent, "{code}");
+        }
+        assert_eq!(classify(43101), ErrorClass::Refused);
+        for code in [40013, 40125, 40164] {
+            assert_eq!(classify(code), ErrorClass::Credential, "{code}");
+        }
+        assert_eq!(classify(99999), ErrorClass::Unknown);
+        assert!(classify(99999).retry_later());
+        assert!(!classify(40003).retry_later());
+    }
+}

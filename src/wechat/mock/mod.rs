@@ -1,0 +1,1 @@
+//! The project's WeChat API emulator (being written).
