@@ -14,5 +14,6 @@
 
 pub mod admin;
 pub mod cli;
+pub mod config;
 pub mod template;
 pub mod wechat;

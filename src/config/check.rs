@@ -1,0 +1,192 @@
+//! Everything about a config that can be checked without the network: each problem with the
+//! line it is on, so `wxpush check` can list them all at once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use secrecy::SecretString;
+
+use super::load::{Loaded, Origin};
+use super::{AppConfig, Config};
+use crate::template::pattern::Pattern;
+use crate::template::rules::KeyType;
+
+/// One thing wrong with the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub origin: Origin,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.origin, self.message)
+    }
+}
+
+impl AppConfig {
+    /// Reads the app's secret from its environment variable or file.
+    pub fn secret(&self) -> Result<SecretString, String> {
+        let value = match (&self.secret_env, &self.secret_file) {
+            (Some(var), None) => std::env::var(var).map_err(|_| {
+                format!("secret_env names {var}, which is not set in the environment")
+            })?,
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| format!("secret_file {}: {e}", path.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+            (Some(_), Some(_)) => return Err("set secret_env or secret_file, not both".into()),
+            (None, None) => {
+                return Err(
+                    "no secret: set secret_env = \"VAR\" or secret_file = \"/path\"".into(),
+                );
+            }
+        };
+        if value.is_empty() {
+            return Err("the app secret is empty".into());
+        }
+        Ok(SecretString::from(value))
+    }
+}
+
+impl Loaded {
+    /// Every problem found, in file order of the sections checked. Empty means valid.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut add = |origin: Origin, message: String| problems.push(Problem { origin, message });
+        let config: &Config = &self.config;
+        let nowhere = Origin::Unknown;
+
+        for (name, app) in &config.apps {
+            let at = self.origin(app.span());
+            if app.get_ref().secret.is_some() {
+                add(
+                    at.clone(),
+                    format!(
+                        "[apps.{name}] has `secret` written in the file; secrets come only from the environment or a file: use secret_env = \"WXPUSH_{}_SECRET\" or secret_file",
+                        name.to_ascii_uppercase()
+                    ),
+                );
+            } else if let Err(e) = app.get_ref().secret() {
+                add(at.clone(), format!("[apps.{name}]: {e}"));
+            }
+            if app.get_ref().appid.trim().is_empty() {
+                add(at, format!("[apps.{name}]: appid is empty"));
+            }
+        }
+
+        if config.templates.is_empty() {
+            add(
+                nowhere.clone(),
+                "no [[templates]]: no event type would be delivered".into(),
+            );
+        }
+        let mut seen: BTreeMap<&str, Origin> = BTreeMap::new();
+        for spanned in &config.templates {
+            let at = self.origin(spanned.span());
+            let t = spanned.get_ref();
+            let event = &t.event;
+            if event.trim().is_empty() {
+                add(at.clone(), "template has an empty `event`".into());
+            }
+            if let Some(first) = seen.insert(event, at.clone()) {
+                add(
+                    at.clone(),
+                    format!(
+                        "event `{event}` is mapped twice (first at {first}); one event type has one template"
+                    ),
+                );
+            }
+            if !config.apps.contains_key(&t.app) {
+                add(
+                    at.clone(),
+                    format!(
+                        "template for `{event}` uses app `{}`, but there is no [apps.{}] (apps: {})",
+                        t.app,
+                        t.app,
+                        config.apps.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                );
+            }
+            if t.template_id.trim().is_empty() {
+                add(
+                    at.clone(),
+                    format!("template for `{event}` has an empty template_id"),
+                );
+            }
+            if let Some(page) = &t.page
+                && let Err(e) = Pattern::parse(page)
+            {
+                add(at.clone(), format!("template for `{event}`: page: {e}"));
+            }
+            if t.data.is_empty() {
+                add(
+                    at.clone(),
+                    format!("template for `{event}` has no [templates.data] keys"),
+                );
+            }
+            for (key, value) in &t.data {
+                let at = self.origin(value.span());
+                if KeyType::of_key(key).is_none() {
+                    add(
+                        at.clone(),
+                        format!(
+                            "template for `{event}`: data key `{key}` has no WeChat type (a key is a type plus digits, e.g. thing4; types: thing, number, letter, symbol, character_string, phone_number, car_number, name, phrase, amount, time, date)"
+                        ),
+                    );
+                }
+                if let Err(e) = Pattern::parse(value.get_ref()) {
+                    add(at, format!("template for `{event}`: data key `{key}`: {e}"));
+                }
+            }
+        }
+
+        let retry = &config.retry;
+        if retry.max_attempts == 0 {
+            add(
+                nowhere.clone(),
+                "retry.max_attempts must be at least 1".into(),
+            );
+        }
+        if retry.initial.is_zero() || retry.initial > retry.max {
+            add(
+                nowhere.clone(),
+                format!(
+                    "retry.initial ({}) must be above zero and at most retry.max ({})",
+                    humantime::format_duration(retry.initial),
+                    humantime::format_duration(retry.max)
+                ),
+            );
+        }
+        let wechat = &config.wechat;
+        if !(wechat.api_base.starts_with("http://") || wechat.api_base.starts_with("https://")) {
+            add(
+                nowhere.clone(),
+                format!(
+                    "wechat.api_base `{}` is not an http(s) URL",
+                    wechat.api_base
+                ),
+            );
+        }
+        if wechat.timeout.is_zero() || wechat.lock_ttl <= wechat.timeout {
+            add(
+                nowhere.clone(),
+                "wechat.lock_ttl must be longer than wechat.timeout (above zero): a refresher must finish its call before its lock lapses".into(),
+            );
+        }
+        let amqp = &config.amqp;
+        if amqp.prefetch == 0 {
+            add(nowhere.clone(), "amqp.prefetch must be at least 1".into());
+        }
+        if amqp.queue == amqp.dead_letter_queue {
+            add(
+                nowhere.clone(),
+                "amqp.queue and amqp.dead_letter_queue must differ".into(),
+            );
+        }
+        if config.policy.idempotency_ttl.is_zero() {
+            add(nowhere, "policy.idempotency_ttl must be above zero".into());
+        }
+        problems
+    }
+}

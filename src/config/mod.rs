@@ -1,0 +1,329 @@
+//! The configuration: one TOML file (`--config`, `$WXPUSH_CONFIG`, `./wxpush.toml`), any key
+//! overridable as `WXPUSH_<SECTION>__<KEY>`, app secrets only from the environment or a file.
+//!
+//! `load.rs` reads and locates errors by line, `check.rs` validates everything that can be
+//! checked without the network. The types here are plain data with defaults.
+
+mod check;
+mod load;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use check::Problem;
+pub use load::{ConfigError, Loaded, config_path, load, load_str};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub amqp: AmqpConfig,
+    #[serde(default)]
+    pub redis: RedisConfig,
+    #[serde(default)]
+    pub wechat: WechatConfig,
+    #[serde(default)]
+    pub apps: BTreeMap<String, Spanned<AppConfig>>,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    #[serde(default)]
+    pub templates: Vec<Spanned<TemplateConfig>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpConfig {
+    /// May hold a password: log only [`crate::config::redact_url`] of it.
+    pub url: String,
+    pub exchange: String,
+    pub queue: String,
+    pub dead_letter_queue: String,
+    pub prefetch: u16,
+    pub queue_type: QueueType,
+    /// Event types bound to the events queue; empty binds `#` (every type).
+    pub bindings: Vec<String>,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            exchange: "wxpush.events".into(),
+            queue: "wxpush.events".into(),
+            dead_letter_queue: "wxpush.dead".into(),
+            prefetch: 256,
+            queue_type: QueueType::Classic,
+            bindings: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// May hold a password: log only [`crate::config::redact_url`] of it.
+    pub url: String,
+    pub key_prefix: String,
+    pub pool_size: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379/0".into(),
+            key_prefix: "wxpush".into(),
+            pool_size: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenEndpoint {
+    Stable,
+    Classic,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WechatConfig {
+    pub api_base: String,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub token_endpoint: TokenEndpoint,
+    /// Refresh a token this long before it expires. Below WeChat's 5-minute stable-token
+    /// rotation window, so a stable refresh really yields the next token.
+    #[serde(with = "humantime_serde")]
+    pub refresh_ahead: Duration,
+    /// How long a refresher holds the cross-process lock at most; must exceed `timeout`.
+    #[serde(with = "humantime_serde")]
+    pub lock_ttl: Duration,
+    /// HTTP connections kept open to WeChat per worker.
+    pub max_idle_connections: usize,
+}
+
+impl Default for WechatConfig {
+    fn default() -> Self {
+        WechatConfig {
+            api_base: "https://api.weixin.qq.com".into(),
+            timeout: Duration::from_secs(5),
+            token_endpoint: TokenEndpoint::Stable,
+            refresh_ahead: Duration::from_secs(180),
+            lock_ttl: Duration::from_secs(15),
+            max_idle_connections: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub appid: String,
+    pub secret_env: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    /// Only so that an inline secret gets a clear refusal instead of "unknown field".
+    #[serde(default)]
+    pub secret: Option<toml::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+    /// Immediate resends after a token errcode and refresh, before it counts as transient.
+    pub token_retries: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 8,
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(600),
+            token_retries: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRefused {
+    DeadLetter,
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    Truncate,
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnAmbiguous {
+    Resend,
+    DeadLetter,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    pub on_refused: OnRefused,
+    pub overflow: Overflow,
+    pub on_ambiguous: OnAmbiguous,
+    #[serde(with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            on_refused: OnRefused::DeadLetter,
+            overflow: Overflow::Truncate,
+            on_ambiguous: OnAmbiguous::Resend,
+            idempotency_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: ([127, 0, 0, 1], 9464).into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// After SIGTERM, how long in-flight messages may take before the worker exits anyway
+    /// (unacked messages go back to the queue).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MiniprogramState {
+    Developer,
+    Trial,
+    Formal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Lang {
+    #[serde(rename = "zh_CN")]
+    ZhCn,
+    #[serde(rename = "en_US")]
+    EnUs,
+    #[serde(rename = "zh_HK")]
+    ZhHk,
+    #[serde(rename = "zh_TW")]
+    ZhTw,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateConfig {
+    pub event: String,
+    #[serde(default = "default_app")]
+    pub app: String,
+    pub template_id: String,
+    pub page: Option<String>,
+    pub miniprogram_state: Option<MiniprogramState>,
+    pub lang: Option<Lang>,
+    pub data: BTreeMap<String, Spanned<String>>,
+}
+
+fn default_app() -> String {
+    "default".into()
+}
+
+impl MiniprogramState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MiniprogramState::Developer => "developer",
+            MiniprogramState::Trial => "trial",
+            MiniprogramState::Formal => "formal",
+        }
+    }
+}
+
+impl Lang {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lang::ZhCn => "zh_CN",
+            Lang::EnUs => "en_US",
+            Lang::ZhHk => "zh_HK",
+            Lang::ZhTw => "zh_TW",
+        }
+    }
+}
+
+/// A URL with any password replaced by `***`, safe for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redact_url_hides_passwords_only() {
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("redis://:pw@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(redact_url("redis://h:6379/0"), "redis://h:6379/0");
+    }
+}
