@@ -13,7 +13,13 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod event;
+pub mod store;
+pub mod telemetry;
 pub mod template;
+pub mod token;
 pub mod wechat;
+pub mod worker;

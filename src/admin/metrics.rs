@@ -81,3 +81,26 @@ pub fn describe() {
         "1 while an app is stopped by a credential errcode."
     );
 }
+
+/// Installs the process-wide Prometheus recorder once and returns its handle (later calls,
+/// e.g. several workers in one test process, share it).
+pub fn install() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(SEND_DURATION.to_owned()),
+                    &[
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    ],
+                )
+                .expect("static bucket list is not empty")
+                .install_recorder()
+                .expect("the metrics recorder is installed only here, once");
+            describe();
+            handle
+        })
+        .clone()
+}

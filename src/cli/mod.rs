@@ -1,6 +1,112 @@
-//! The `wxpush` command line (being written).
+//! The `wxpush` command line: one binary, one subcommand per job. Each subcommand lives in
+//! its own file; this one parses arguments, sets up logging and maps errors to exit codes.
+
+mod check;
+pub mod mock_wechat;
+mod token;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Loaded};
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wxpush",
+    version,
+    about = "Delivers WeChat Mini Program subscribe messages from RabbitMQ events",
+    long_about = None
+)]
+pub struct Cli {
+    /// Config file [default: $WXPUSH_CONFIG, else ./wxpush.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format [default: human on a terminal, else json]
+    #[arg(long, global = true, env = "WXPUSH_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the worker daemon
+    Run,
+    /// Publish events (JSON or NDJSON) from FILE or stdin, with publisher confirms
+    Publish,
+    /// Move dead letters back to the events exchange
+    Replay,
+    /// List and inspect dead letters without consuming them
+    Dead,
+    /// Validate the config and every template mapping; exit 0 only when clean
+    Check,
+    /// Show each app's token state (never the token itself)
+    Token(token::TokenArgs),
+    /// Run the project's WeChat API emulator
+    MockWechat(mock_wechat::MockWechatArgs),
+    /// End-to-end demo on the local RabbitMQ and Redis with the emulator
+    Demo,
+    /// Capacity benchmark against the emulator
+    Bench,
+}
+
+/// How a command failed, for the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Exit 1: the command ran and failed.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+    /// Exit 2: wrong usage, or a command not available yet.
+    #[error("{0}")]
+    Usage(String),
+}
+
+pub type CliResult = Result<(), CliError>;
 
 /// Entry point used by `main`.
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(CliError::Failed(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> CliResult {
+    let config_file = cli.config.as_deref();
+    match cli.command {
+        Command::Check => check::run(config_file),
+        Command::Token(args) => token::run(&load(config_file)?, args).await,
+        Command::MockWechat(args) => Ok(mock_wechat::run(args).await?),
+        Command::Run => Ok(crate::worker::run_until_signal(load(config_file)?.config).await?),
+        Command::Publish | Command::Replay | Command::Dead | Command::Demo | Command::Bench => Err(
+            CliError::Usage("this command is not yet available in this build".into()),
+        ),
+    }
+}
+
+/// Loads and validates the config, refusing it with every problem listed.
+pub fn load(file: Option<&std::path::Path>) -> Result<Loaded, CliError> {
+    Ok(config::load(&config::config_path(file)).map_err(anyhow::Error::from)?)
 }

@@ -101,17 +101,13 @@ impl KeyType {
     }
 
     /// Whether an over-long value may be shortened under `policy.overflow = "truncate"`.
-    /// Cutting a number, amount, date or phone number would change its meaning, so those
-    /// are always rejected instead.
+    /// Cutting a number, amount, date, phone number or an identifier (letter,
+    /// character_string: order numbers, codes) would change its meaning, so those are always
+    /// rejected instead.
     pub fn truncatable(self) -> bool {
         matches!(
             self,
-            KeyType::Thing
-                | KeyType::Letter
-                | KeyType::Symbol
-                | KeyType::CharacterString
-                | KeyType::Name
-                | KeyType::Phrase
+            KeyType::Thing | KeyType::Symbol | KeyType::Name | KeyType::Phrase
         )
     }
 
@@ -188,20 +184,25 @@ impl KeyType {
         }
     }
 
-    /// Shortens a value to the type's limit, ending with `…` so a reader sees it was cut.
+    /// Shortens a value to the type's limit, ending with `…` so a reader sees it was cut
+    /// where the type allows that character (a `phrase` is Chinese characters only).
     pub fn truncate(self, value: &str) -> String {
         let max = self.limit_for(value);
         if value.chars().count() <= max {
             return value.to_owned();
         }
-        let mut out: String = value.chars().take(max - 1).collect();
-        out.push('…');
+        let mut marked: String = value.chars().take(max - 1).collect();
+        marked.push('…');
         // "…" is not a letter, so a latin name that was allowed 20 characters must now fit 10.
-        if out.chars().count() > self.limit_for(&out) {
-            out = value.chars().take(self.limit_for(&out) - 1).collect();
-            out.push('…');
+        if marked.chars().count() > self.limit_for(&marked) {
+            marked = value.chars().take(self.limit_for(&marked) - 1).collect();
+            marked.push('…');
         }
-        out
+        if self.check(&marked).is_ok() {
+            marked
+        } else {
+            value.chars().take(max).collect()
+        }
     }
 }
 
@@ -294,5 +295,6 @@ mod tests {
         assert_eq!(KeyType::Thing.truncate("short"), "short");
         let latin = "Bartholomew Montgomery Smith";
         assert!(KeyType::Name.check(&KeyType::Name.truncate(latin)).is_ok());
+        assert_eq!(KeyType::Phrase.truncate("一二三四五六七"), "一二三四五");
     }
 }

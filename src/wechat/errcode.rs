@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use super::client::CallError;
+
 /// What kind of failure a WeChat answer is, and so what the worker does with the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorClass {
@@ -93,6 +95,33 @@ pub fn classify(errcode: i64) -> ErrorClass {
         .map_or(ErrorClass::Unknown, |(_, class, _)| *class)
 }
 
+/// The class of a failed call: WeChat's errcode through the table, transport failures by kind.
+/// A timeout is transient here; whether it is also *ambiguous* (WeChat may have acted) is
+/// [`is_ambiguous`]'s question.
+pub fn classify_call(error: &CallError) -> ErrorClass {
+    match error {
+        CallError::WeChat { errcode, .. } => classify(*errcode),
+        CallError::Http { .. }
+        | CallError::Timeout
+        | CallError::Connect(_)
+        | CallError::Broken(_) => ErrorClass::Transient,
+    }
+}
+
+/// Whether WeChat may have accepted the call although no answer said so: the request went
+/// out and nothing definite came back.
+pub fn is_ambiguous(error: &CallError) -> bool {
+    matches!(error, CallError::Timeout | CallError::Broken(_))
+}
+
+/// The label for a failed call in metrics: the class, or `timeout` for calls never answered.
+pub fn outcome_label(error: &CallError) -> &'static str {
+    match error {
+        CallError::Timeout => "timeout",
+        other => classify_call(other).as_str(),
+    }
+}
+
 /// A short human explanation of an errcode, for logs and dead-letter reasons.
 pub fn describe(errcode: i64) -> &'static str {
     TABLE
@@ -123,5 +152,12 @@ mod tests {
         assert_eq!(classify(99999), ErrorClass::Unknown);
         assert!(classify(99999).retry_later());
         assert!(!classify(40003).retry_later());
+        assert_eq!(classify_call(&CallError::Timeout), ErrorClass::Transient);
+        assert!(is_ambiguous(&CallError::Timeout));
+        assert!(!is_ambiguous(&CallError::Connect("refused".into())));
+        assert_eq!(
+            classify_call(&CallError::Http { status: 502 }),
+            ErrorClass::Transient
+        );
     }
 }

@@ -1,4 +1,5 @@
 //! Everything that speaks WeChat: the HTTP client, the errcode table, the emulator.
 
+pub mod client;
 pub mod errcode;
 pub mod mock;

@@ -1,1 +1,225 @@
-//! The project's WeChat API emulator (being written).
+//! The project's WeChat API emulator: the token, stable_token, subscribe/send and
+//! jscode2session endpoints with WeChat's rules and errcodes, plus a control API under
+//! `/mock/` and the same controls as Rust methods on [`MockServer`].
+//!
+//! The demo, the integration tests and the benchmark all run against it, so it follows
+//! WeChat closely (token overlap and rotation, quotas, validation order, errmsg with a rid)
+//! and stays cheap per request so it is never the bottleneck being measured.
+
+mod control;
+mod faults;
+mod routes;
+mod state;
+mod stats;
+mod tokens;
+mod validate;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+pub use faults::{Fault, FaultTarget};
+pub use stats::MockStats;
+
+use state::Shared;
+
+/// How the emulator behaves; the defaults are WeChat's.
+#[derive(Debug, Clone)]
+pub struct MockOptions {
+    /// Lifetime of every token (WeChat: 7200 s).
+    pub token_ttl: Duration,
+    /// After a classic fetch the previous classic token stays valid this long.
+    pub classic_overlap: Duration,
+    /// stable_token hands out a new token once the current one has less than this left
+    /// (capped at half of `token_ttl`, so a short test ttl still shares tokens).
+    pub stable_rotate_before: Duration,
+    pub force_refresh_min_interval: Duration,
+    pub force_refresh_daily_limit: u32,
+    pub classic_daily_limit: u32,
+    /// Added to every WeChat endpoint call.
+    pub latency: Duration,
+    /// Each send needs a granted one-time subscription for (openid, template_id), else 43101.
+    pub strict_subscriptions: bool,
+    /// How many accepted sends [`MockServer::sends`] keeps (the oldest are dropped first);
+    /// bounds memory in long benchmarks. 0 keeps none.
+    pub max_recorded_sends: usize,
+}
+
+impl Default for MockOptions {
+    fn default() -> MockOptions {
+        MockOptions {
+            token_ttl: Duration::from_secs(7200),
+            classic_overlap: Duration::from_secs(300),
+            stable_rotate_before: Duration::from_secs(300),
+            force_refresh_min_interval: Duration::from_secs(30),
+            force_refresh_daily_limit: 20,
+            classic_daily_limit: 2000,
+            latency: Duration::ZERO,
+            strict_subscriptions: false,
+            max_recorded_sends: 100_000,
+        }
+    }
+}
+
+/// One send WeChat accepted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AcceptedSend {
+    pub msgid: u64,
+    pub appid: String,
+    /// The request body as received.
+    pub body: serde_json::Value,
+    /// Unix time in milliseconds.
+    pub received_at_ms: u64,
+}
+
+/// A running emulator. Dropping it stops the server too; [`MockServer::shutdown`] also
+/// waits for it.
+pub struct MockServer {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    task: Option<JoinHandle<()>>,
+}
+
+/// How long shutdown waits for in-flight calls (delays, latency) before cutting them off.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+impl MockServer {
+    /// Binds `listen` (port 0 picks a free port) and serves in the background.
+    pub async fn start(opts: MockOptions, listen: SocketAddr) -> std::io::Result<MockServer> {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new(&opts));
+        let app = router(shared.clone());
+        let listener = listener.tap_io(|tcp| {
+            // Small request/response pairs: Nagle would only add delay.
+            let _ = tcp.set_nodelay(true);
+        });
+        let cancel = shared.cancel.clone();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(cancel.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "mock-wechat server stopped");
+            }
+        });
+        tracing::debug!(%addr, "mock-wechat listening");
+        Ok(MockServer {
+            shared,
+            addr,
+            task: Some(task),
+        })
+    }
+
+    /// The bound address (with the real port when 0 was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://IP:PORT`, usable as `wechat.api_base`; an unspecified bind address
+    /// (0.0.0.0, ::) is given as loopback.
+    pub fn base_url(&self) -> String {
+        let ip = match self.addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        format!("http://{}", SocketAddr::new(ip, self.addr.port()))
+    }
+
+    /// Once any app is registered, unknown appids get 40013 and wrong secrets 40125.
+    pub fn register_app(&self, appid: &str, secret: &str) {
+        self.shared.register_app(appid, secret);
+    }
+
+    /// A `js_code` exchangeable once, within 5 minutes, for `openid`.
+    pub fn register_code(&self, appid: &str, js_code: &str, openid: &str) {
+        self.shared.register_code(appid, js_code, openid);
+    }
+
+    /// Adds `count` one-time subscriptions (only enforced with `strict_subscriptions`).
+    pub fn grant_subscription(&self, openid: &str, template_id: &str, count: u32) {
+        self.shared.grant_subscription(openid, template_id, count);
+    }
+
+    /// One-time subscriptions left for (openid, template_id).
+    pub fn subscriptions_left(&self, openid: &str, template_id: &str) -> u32 {
+        self.shared.subscriptions_left(openid, template_id)
+    }
+
+    /// Once any template is registered, sends must name a registered one and carry exactly
+    /// its keys.
+    pub fn register_template(&self, template_id: &str, keys: &[&str]) {
+        self.shared.register_template(template_id, keys);
+    }
+
+    /// Queues faults for the next calls to `target`, consumed one per call in order.
+    pub fn push_faults(&self, target: FaultTarget, faults: Vec<Fault>) {
+        self.shared.faults.push(target, faults);
+    }
+
+    /// Gives a random `ratio` (0..=1) of `target`'s calls the fault once its queue is empty;
+    /// `None` clears it.
+    pub fn set_fault_rate(&self, target: FaultTarget, fault: Option<Fault>, ratio: f64) {
+        self.shared.faults.set_rate(target, fault, ratio);
+    }
+
+    /// Added to every WeChat endpoint call from now on.
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.set_latency(latency);
+    }
+
+    /// Every token issued so far answers 42001 from now on; the next fetches issue new ones.
+    pub fn expire_all_tokens(&self) {
+        self.shared.expire_all_tokens();
+    }
+
+    pub fn stats(&self) -> MockStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// The accepted sends, oldest first (at most `max_recorded_sends`).
+    pub fn sends(&self) -> Vec<AcceptedSend> {
+        self.shared.sends()
+    }
+
+    /// Clears tokens, faults, counters, sends, codes and subscriptions; keeps apps,
+    /// templates and latency.
+    pub fn reset(&self) {
+        self.shared.reset();
+    }
+
+    /// Stops accepting, ends hung calls, waits for the rest (up to a few seconds).
+    pub async fn shutdown(mut self) {
+        self.shared.cancel.cancel();
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+                .await
+                .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/cgi-bin/token", get(routes::classic_token))
+        .route("/cgi-bin/stable_token", post(routes::stable_token))
+        .route("/cgi-bin/message/subscribe/send", post(routes::send))
+        .route("/sns/jscode2session", get(routes::jscode2session))
+        .merge(control::router())
+        .with_state(shared)
+}

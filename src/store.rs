@@ -1,0 +1,56 @@
+//! The Redis connection pool and the names of every key wxpush writes.
+//!
+//! Keys carry a hash tag (`{…}`) per app or event so that everything one script touches
+//! lives in one Redis Cluster slot.
+
+use std::time::Duration;
+
+use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+
+use crate::config::{RedisConfig, redact_url};
+
+/// Builds the pool. Connections are made lazily, so this succeeds with Redis down; waits for
+/// a connection are bounded so a Redis outage turns into errors, never a hang.
+pub fn connect(config: &RedisConfig) -> anyhow::Result<Pool> {
+    let mut cfg = deadpool_redis::Config::from_url(config.url.clone());
+    cfg.pool = Some(PoolConfig {
+        max_size: config.pool_size.max(1),
+        timeouts: Timeouts {
+            wait: Some(Duration::from_secs(2)),
+            create: Some(Duration::from_secs(2)),
+            recycle: Some(Duration::from_secs(2)),
+        },
+        ..PoolConfig::default()
+    });
+    cfg.create_pool(Some(Runtime::Tokio1))
+        .map_err(|e| anyhow::anyhow!("redis.url {} is not usable: {e}", redact_url(&config.url)))
+}
+
+/// Key names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// Hash with the app's current token: `token`, `expires_at_ms`, `fetched_at_ms`, `endpoint`.
+    pub fn token(&self, appid: &str) -> String {
+        format!("{}:token:{{{appid}}}", self.prefix)
+    }
+
+    /// The refresh lock for the app's token.
+    pub fn token_lock(&self, appid: &str) -> String {
+        format!("{}:token-lock:{{{appid}}}", self.prefix)
+    }
+
+    /// Hash with an event's delivery state (see `worker::idempotency`).
+    pub fn event(&self, event_id: &str) -> String {
+        format!("{}:event:{{{event_id}}}", self.prefix)
+    }
+}

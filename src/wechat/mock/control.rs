@@ -1,0 +1,206 @@
+//! The control API under `/mock/`: lets a demo, a shell script or a test in another process
+//! set the emulator up and read what it saw, mirroring the `MockServer` methods.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::faults::{Fault, FaultTarget};
+use super::state::Shared;
+use crate::template::rules::KeyType;
+
+pub(crate) fn router() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/mock/apps", post(apps))
+        .route("/mock/codes", post(codes))
+        .route("/mock/subscriptions", post(subscriptions))
+        .route("/mock/templates", post(templates))
+        .route("/mock/faults", post(faults))
+        .route("/mock/fault-rate", post(fault_rate))
+        .route("/mock/latency", post(latency))
+        .route("/mock/expire-tokens", post(expire_tokens))
+        .route("/mock/stats", get(stats))
+        .route("/mock/sends", get(sends))
+        .route("/mock/reset", post(reset))
+}
+
+/// A control request that cannot be applied: answered 400 `{"error": "…"}`.
+struct BadRequest(String);
+
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        (StatusCode::BAD_REQUEST, Json(json!({"error": self.0}))).into_response()
+    }
+}
+
+type Answer = Result<Response, BadRequest>;
+
+fn ok() -> Answer {
+    Ok(Json(json!({"ok": true})).into_response())
+}
+
+/// Parses the body whatever its content type, so `curl -d` works without `-H`.
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, BadRequest> {
+    serde_json::from_slice(body).map_err(|e| BadRequest(format!("bad request body: {e}")))
+}
+
+fn non_empty(field: &str, value: &str) -> Result<(), BadRequest> {
+    if value.is_empty() {
+        Err(BadRequest(format!("{field} must not be empty")))
+    } else {
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppBody {
+    appid: String,
+    secret: String,
+}
+
+async fn apps(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
+    let b: AppBody = parse(&body)?;
+    non_empty("appid", &b.appid)?;
+    non_empty("secret", &b.secret)?;
+    s.register_app(&b.appid, &b.secret);
+    ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CodeBody {
+    appid: String,
+    js_code: String,
+    openid: String,
+}
+
+async fn codes(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
+    let b: CodeBody = parse(&body)?;
+    non_empty("appid", &b.appid)?;
+    non_empty("js_code", &b.js_code)?;
+    non_empty("openid", &b.openid)?;
+    s.register_code(&b.appid, &b.js_code, &b.openid);
+    ok()
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscriptionBody {
+    openid: String,
+    template_id: String,
+    #[serde(default = "one")]
+    count: u32,
+}
+
+async fn subscriptions(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
+    let b: SubscriptionBody = parse(&body)?;
+    non_empty("openid", &b.openid)?;
+    non_empty("template_id", &b.template_id)?;
+    s.grant_subscription(&b.openid, &b.template_id, b.count);
+    let left = s.subscriptions_left(&b.openid, &b.template_id);
+    Ok(Json(json!({"ok": true, "remaining": left})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplateBody {
+    template_id: String,
+    keys: Vec<String>,
+}
+
+async fn templates(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
+    let b: TemplateBody = parse(&body)?;
+    non_empty("template_id", &b.template_id)?;
+    if b.keys.is_empty() {
+        return Err(BadRequest("keys must list the template's data keys".into()));
+    }
+    // A key WeChat has no type for could never be sent; catch the typo here.
+    if let Some(bad) = b.keys.iter().find(|k| KeyType::of_key(k).is_none()) {
+        return Err(BadRequest(format!(
+            "key {bad:?} has no WeChat type (thing1, amount2, time3, …)"
+        )));
+    }
+    let keys: Vec<&str> = b.keys.iter().map(String::as_str).collect();
+    s.register_template(&b.template_id, &keys);
+    ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultsBody {
+    target: FaultTarget,
+    faults: Vec<Fault>,
+}
+
+async fn faults(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
+    let b: FaultsBody = parse(&body)?;
+    s.faults.push(b.target, b.faults);
+    ok()
+}
+
+fn full_ratio() -> f64 {
+    1.0
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultRateBody {
+    target: FaultTarget,
+    fault: Option<Fault>,
+    /// Defaults to 1.0: "every call" is the common case when a fault is named.
+    #[serde(default = "full_ratio")]
+    ratio: f64,
+}
+
+async fn fault_rate(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
+    let b: FaultRateBody = parse(&body)?;
+    if !(0.0..=1.0).contains(&b.ratio) {
+        return Err(BadRequest("ratio must be between 0 and 1".into()));
+    }
+    s.faults.set_rate(b.target, b.fault, b.ratio);
+    ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LatencyBody {
+    ms: u64,
+}
+
+async fn latency(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
+    let b: LatencyBody = parse(&body)?;
+    s.set_latency(Duration::from_millis(b.ms));
+    ok()
+}
+
+async fn expire_tokens(State(s): State<Arc<Shared>>) -> Answer {
+    s.expire_all_tokens();
+    ok()
+}
+
+async fn stats(State(s): State<Arc<Shared>>) -> Response {
+    Json(s.counters.snapshot()).into_response()
+}
+
+async fn sends(State(s): State<Arc<Shared>>) -> Response {
+    Json(s.sends()).into_response()
+}
+
+async fn reset(State(s): State<Arc<Shared>>) -> Answer {
+    s.reset();
+    ok()
+}

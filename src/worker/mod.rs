@@ -1,0 +1,313 @@
+//! `wxpush run`: the worker. Consumes events, hands each to `handle.rs`, settles the result
+//! with `settle.rs`, and keeps going through broker and Redis outages.
+//!
+//! The unit of concurrency is the message: every delivery runs as its own task, and the
+//! broker's prefetch bounds how many are in flight. A session is one AMQP connection; when
+//! it breaks (or Redis does) the session ends, unacked messages return to the queue, and
+//! the supervisor starts a new one after a jittered backoff.
+
+pub mod breaker;
+pub mod handle;
+pub mod idempotency;
+pub mod settle;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use deadpool_redis::Pool;
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::admin::{self, Health, metrics as m};
+use crate::broker::publish::Publisher;
+use crate::broker::topology::Topology;
+use crate::broker::{self};
+use crate::config::{Config, redact_url};
+use crate::store::{self, Keys};
+use crate::template::Templates;
+use crate::token::TokenStore;
+use crate::wechat::client::WechatClient;
+use breaker::Breaker;
+
+/// Everything a message handler needs, shared by all tasks.
+pub struct Ctx {
+    pub config: Config,
+    pub templates: Templates,
+    pub tokens: TokenStore,
+    pub client: WechatClient,
+    pub pool: Pool,
+    pub keys: Keys,
+    pub topology: Topology,
+    pub breaker: Breaker,
+    pub health: Arc<Health>,
+    /// This worker's identity in idempotency claims.
+    pub owner: String,
+    pub claim_hold: Duration,
+}
+
+impl Ctx {
+    pub fn new(config: Config) -> anyhow::Result<Ctx> {
+        let pool = store::connect(&config.redis)?;
+        let client = WechatClient::new(&config.wechat)?;
+        let tokens = TokenStore::new(&config, pool.clone(), client.clone())?;
+        Ok(Ctx {
+            templates: Templates::compile(&config)?,
+            keys: Keys::new(&config.redis.key_prefix),
+            topology: Topology::new(&config.amqp, &config.retry),
+            claim_hold: handle::claim_hold(&config),
+            breaker: Breaker::default(),
+            health: Health::new(),
+            owner: uuid::Uuid::new_v4().simple().to_string(),
+            config,
+            tokens,
+            client,
+            pool,
+        })
+    }
+}
+
+/// A running worker: stop it with [`Worker::shutdown`], or let a signal do it.
+pub struct Worker {
+    pub admin_addr: SocketAddr,
+    pub ctx: Arc<Ctx>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Worker {
+    /// Starts the admin server and the consuming loop.
+    pub async fn start(config: Config) -> anyhow::Result<Worker> {
+        let ctx = Arc::new(Ctx::new(config)?);
+        let stop = CancellationToken::new();
+        let admin_addr = admin::serve(
+            ctx.config.admin.listen,
+            ctx.health.clone(),
+            stop.child_token(),
+        )
+        .await?;
+        tracing::info!(
+            amqp = %redact_url(&ctx.config.amqp.url),
+            redis = %redact_url(&ctx.config.redis.url),
+            queue = %ctx.config.amqp.queue,
+            prefetch = ctx.config.amqp.prefetch,
+            admin = %admin_addr,
+            "wxpush worker starting"
+        );
+        let task = tokio::spawn(supervise(ctx.clone(), stop.clone()));
+        Ok(Worker {
+            admin_addr,
+            ctx,
+            stop,
+            task,
+        })
+    }
+
+    /// Stops taking messages, lets in-flight ones finish within `worker.shutdown_grace`,
+    /// and returns when the worker has closed its connections.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.task.await?
+    }
+
+    /// Runs until the supervisor ends by itself (it only does on shutdown).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await?
+    }
+
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+}
+
+/// `wxpush run`: starts a worker and stops it on SIGTERM or SIGINT.
+pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
+    let worker = Worker::start(config).await?;
+    let stop = worker.stop_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received: finishing in-flight messages, taking no new ones");
+        stop.cancel();
+    });
+    worker.wait().await
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// How a session ended.
+enum SessionEnd {
+    Shutdown,
+    RedisDown,
+}
+
+fn backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+async fn supervise(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Result<()> {
+    let periodic = tokio::spawn({
+        let ctx = ctx.clone();
+        let stop = stop.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            while stop.run_until_cancelled(tick.tick()).await.is_some() {
+                ctx.breaker.log_tripped();
+                ctx.health
+                    .set(&ctx.health.apps_ok, !ctx.breaker.any_tripped());
+            }
+        }
+    });
+    let mut delays = backoff();
+    let result = loop {
+        if stop.is_cancelled() {
+            break Ok(());
+        }
+        if let Err(e) = redis_ping(&ctx.pool).await {
+            ctx.health.set(&ctx.health.redis, false);
+            let delay = delays.next().unwrap_or(Duration::from_secs(30));
+            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Redis unreachable; not consuming until it is back");
+            let _ = stop.run_until_cancelled(tokio::time::sleep(delay)).await;
+            continue;
+        }
+        ctx.health.set(&ctx.health.redis, true);
+        let started = Instant::now();
+        match session(&ctx, &stop).await {
+            Ok(SessionEnd::Shutdown) => break Ok(()),
+            Ok(SessionEnd::RedisDown) => {
+                ctx.health.set(&ctx.health.redis, false);
+                tracing::warn!("Redis failed mid-stream; unacked messages went back to the queue");
+            }
+            Err(e) => {
+                if started.elapsed() > Duration::from_secs(30) {
+                    delays = backoff();
+                }
+                let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "AMQP session ended; reconnecting");
+                let _ = stop.run_until_cancelled(tokio::time::sleep(delay)).await;
+            }
+        }
+    };
+    periodic.abort();
+    ctx.health.set(&ctx.health.consuming, false);
+    tracing::info!("wxpush worker stopped");
+    result
+}
+
+async fn redis_ping(pool: &Pool) -> anyhow::Result<()> {
+    let mut conn = pool.get().await?;
+    let _: String = deadpool_redis::redis::cmd("PING")
+        .query_async(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// One AMQP connection's worth of consuming.
+async fn session(ctx: &Arc<Ctx>, stop: &CancellationToken) -> anyhow::Result<SessionEnd> {
+    let amqp = &ctx.config.amqp;
+    let connection = broker::connect(&amqp.url, "worker").await?;
+    let publisher = Publisher::open(&connection).await?;
+    ctx.topology.declare(publisher.channel()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(amqp.prefetch, BasicQosOptions::default())
+        .await?;
+    let tag = format!("wxpush-{}", ctx.owner);
+    let mut consumer = channel
+        .basic_consume(
+            amqp.queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    ctx.health.set(&ctx.health.amqp, true);
+    ctx.health.set(&ctx.health.consuming, true);
+    tracing::info!(queue = %amqp.queue, "consuming");
+
+    let tracker = TaskTracker::new();
+    let redis_down = CancellationToken::new();
+    let end: anyhow::Result<SessionEnd> = loop {
+        tokio::select! {
+            _ = stop.cancelled() => break Ok(SessionEnd::Shutdown),
+            _ = redis_down.cancelled() => break Ok(SessionEnd::RedisDown),
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    tracker.spawn(process(ctx.clone(), publisher.clone(), delivery, redis_down.clone()));
+                }
+                Some(Err(e)) => break Err(anyhow::anyhow!("consumer failed: {e}")),
+                None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
+            },
+        }
+    };
+    ctx.health.set(&ctx.health.consuming, false);
+    let _ = channel
+        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+        .await;
+    tracker.close();
+    let grace = match &end {
+        Ok(SessionEnd::Shutdown) => ctx.config.worker.shutdown_grace,
+        _ => Duration::from_secs(5),
+    };
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            in_flight = tracker.len(),
+            "in-flight messages did not finish in time; they go back to the queue unacked"
+        );
+    }
+    ctx.health.set(&ctx.health.amqp, false);
+    // Closing the connection returns every unacked message to the queue.
+    let _ = connection
+        .close(200, "wxpush worker session over".into())
+        .await;
+    end
+}
+
+async fn process(
+    ctx: Arc<Ctx>,
+    publisher: Publisher,
+    delivery: Delivery,
+    redis_down: CancellationToken,
+) {
+    metrics::gauge!(m::IN_FLIGHT).increment(1.0);
+    let span = tracing::info_span!(
+        "message",
+        event_id = tracing::field::Empty,
+        event_type = tracing::field::Empty,
+        app = tracing::field::Empty
+    );
+    async {
+        let headers = crate::broker::headers::of(&delivery.properties);
+        let disposition = handle::handle(&ctx, &delivery.data, &headers).await;
+        if matches!(disposition, handle::Disposition::Requeue { .. }) {
+            redis_down.cancel();
+        }
+        let outcome = settle::settle(&ctx, &publisher, &delivery, &disposition).await;
+        tracing::debug!(outcome, "settled");
+    }
+    .instrument(span)
+    .await;
+    metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
+}

@@ -1,0 +1,314 @@
+//! The test app: each test gets its own exchange, queues and Redis key prefix, an in-process
+//! WeChat emulator on a random port, and workers started on the real RabbitMQ and Redis.
+//! Nothing here sleeps to synchronise: helpers poll for the condition a test awaits.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
+use lapin::{BasicProperties, Connection};
+use serde_json::{Value, json};
+use wxpush::broker::headers as h;
+use wxpush::broker::publish::Publisher;
+use wxpush::broker::topology::Topology;
+use wxpush::config::{Config, load_str};
+use wxpush::wechat::mock::{MockOptions, MockServer};
+use wxpush::worker::Worker;
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+pub const APPID: &str = "wxtest00000000001";
+pub const SECRET: &str = "test-app-secret-do-not-log";
+pub const SECRET_ENV: &str = "WXPUSH_TEST_APP_SECRET";
+
+/// A valid-looking openid (28 characters starting with `o`) derived from `n`.
+pub fn openid(n: usize) -> String {
+    format!("o{:0>27}", format!("user{n}"))
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn config_text(prefix: &str, api_base: &str) -> String {
+    format!(
+        r#"
+[amqp]
+url = "{AMQP_URL}"
+exchange = "{prefix}.x"
+queue = "{prefix}.events"
+dead_letter_queue = "{prefix}.dead"
+prefetch = 64
+
+[redis]
+url = "{REDIS_URL}"
+key_prefix = "{prefix}"
+
+[wechat]
+api_base = "{api_base}"
+timeout = "2s"
+lock_ttl = "5s"
+
+[apps.default]
+appid = "{APPID}"
+secret_env = "{SECRET_ENV}"
+
+[retry]
+max_attempts = 3
+initial = "200ms"
+max = "800ms"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[worker]
+shutdown_grace = "5s"
+
+[[templates]]
+event = "order.paid"
+template_id = "TPL_ORDER_PAID"
+page = "pages/order/detail?id={{order_no}}"
+miniprogram_state = "formal"
+lang = "zh_CN"
+[templates.data]
+character_string1 = "{{order_no}}"
+amount2 = "{{amount|amount}}"
+time3 = "{{paid_at|time}}"
+thing4 = "{{remark}}"
+
+[[templates]]
+event = "task.due"
+template_id = "TPL_TASK_DUE"
+[templates.data]
+thing1 = "{{title}}"
+phrase2 = "{{status}}"
+"#
+    )
+}
+
+pub struct TestApp {
+    pub prefix: String,
+    pub mock: MockServer,
+    pub config: Config,
+    pub connection: Connection,
+    pub publisher: Publisher,
+}
+
+impl TestApp {
+    pub async fn start(name: &str) -> TestApp {
+        TestApp::start_with(name, MockOptions::default(), |_| {}).await
+    }
+
+    pub async fn start_with(
+        name: &str,
+        options: MockOptions,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestApp {
+        // SAFETY: every test in the process sets the same value.
+        unsafe { std::env::set_var(SECRET_ENV, SECRET) };
+        let prefix = format!(
+            "t-{name}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let mock = MockServer::start(options, "127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("mock starts");
+        mock.register_app(APPID, SECRET);
+        let loaded = load_str(
+            &config_text(&prefix, &mock.base_url()),
+            Path::new("test.toml"),
+            vec![],
+        )
+        .expect("test config parses");
+        assert_eq!(loaded.problems(), vec![], "test config is clean");
+        let mut config = loaded.config;
+        tweak(&mut config);
+        let connection = wxpush::broker::connect(AMQP_URL, "test")
+            .await
+            .expect("RabbitMQ is up");
+        let publisher = Publisher::open(&connection).await.expect("confirm channel");
+        Topology::new(&config.amqp, &config.retry)
+            .declare(publisher.channel())
+            .await
+            .expect("topology");
+        TestApp {
+            prefix,
+            mock,
+            config,
+            connection,
+            publisher,
+        }
+    }
+
+    pub async fn worker(&self) -> Worker {
+        Worker::start(self.config.clone())
+            .await
+            .expect("worker starts")
+    }
+
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        self.publisher
+            .publish(
+                &self.config.amqp.exchange,
+                routing_key,
+                body,
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish confirmed");
+    }
+
+    pub async fn publish(&self, event: &Value) {
+        let kind = event["type"].as_str().unwrap_or("none");
+        self.publish_raw(kind, &serde_json::to_vec(event).unwrap())
+            .await;
+    }
+
+    /// Waits until the emulator has accepted `n` sends.
+    pub async fn sent(&self, n: usize) -> Vec<wxpush::wechat::mock::AcceptedSend> {
+        eventually(
+            &format!("{n} accepted sends"),
+            Duration::from_secs(30),
+            || async {
+                let sends = self.mock.sends();
+                (sends.len() >= n).then_some(sends)
+            },
+        )
+        .await
+    }
+
+    /// Takes `n` dead letters off the dead-letter queue (waiting for them).
+    pub async fn dead_letters(&self, n: usize) -> Vec<DeadLetter> {
+        let channel = self.connection.create_channel().await.unwrap();
+        let queue = self.config.amqp.dead_letter_queue.as_str();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while out.len() < n {
+            match channel
+                .basic_get(queue.into(), BasicGetOptions::default())
+                .await
+                .unwrap()
+            {
+                Some(m) => {
+                    m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+                    out.push(DeadLetter::of(&m.delivery));
+                }
+                None => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "timed out waiting for {n} dead letters, got {}: {out:?}",
+                        out.len()
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        out
+    }
+
+    /// Messages in a queue right now (ready, not unacked).
+    pub async fn queue_len(&self, queue: &str) -> u32 {
+        let channel = self.connection.create_channel().await.unwrap();
+        let q = channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        q.message_count()
+    }
+
+    /// Deletes the test's queues, exchange and Redis keys.
+    pub async fn cleanup(self) {
+        let channel = self.connection.create_channel().await.unwrap();
+        let topology = Topology::new(&self.config.amqp, &self.config.retry);
+        let queues = [topology.queue.clone(), topology.dead_letter_queue.clone()]
+            .into_iter()
+            .chain(topology.tiers.iter().map(|t| t.queue.clone()));
+        for q in queues {
+            let _ = channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = channel
+            .exchange_delete(topology.exchange.as_str().into(), Default::default())
+            .await;
+        let client = redis::Client::open(REDIS_URL).unwrap();
+        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", self.prefix))
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+            }
+        }
+        let _ = self.connection.close(200, "test done".into()).await;
+        self.mock.shutdown().await;
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub body: Vec<u8>,
+    pub class: Option<String>,
+    pub errcode: Option<i64>,
+    pub errmsg: String,
+    pub attempts: Option<i64>,
+    pub first_failed_at: Option<String>,
+    pub app: Option<String>,
+}
+
+impl DeadLetter {
+    pub fn of(delivery: &lapin::message::Delivery) -> DeadLetter {
+        let headers = h::of(&delivery.properties);
+        DeadLetter {
+            body: delivery.data.clone(),
+            class: h::get_str(&headers, h::ERROR),
+            errcode: h::get_i64(&headers, h::ERRCODE),
+            errmsg: h::get_str(&headers, h::ERRMSG).unwrap_or_default(),
+            attempts: h::get_i64(&headers, h::ATTEMPTS),
+            first_failed_at: h::get_str(&headers, h::FIRST_FAILED_AT),
+            app: h::get_str(&headers, h::APP),
+        }
+    }
+
+    pub fn event_id(&self) -> Option<String> {
+        serde_json::from_slice::<Value>(&self.body).ok()?["id"]
+            .as_str()
+            .map(str::to_owned)
+    }
+}
+
+/// An `order.paid` event for user `n`.
+pub fn order_paid(id: &str, n: usize) -> Value {
+    json!({
+        "id": id,
+        "type": "order.paid",
+        "recipient": {"openid": openid(n)},
+        "data": {"order_no": format!("A{n}"), "amount": "12.5", "paid_at": "2026-11-24T10:00:00+08:00"}
+    })
+}
