@@ -2,7 +2,10 @@
 //! its own file; this one parses arguments, sets up logging and maps errors to exit codes.
 
 mod check;
+mod demo;
 pub mod mock_wechat;
+mod progress;
+pub mod publish;
 mod token;
 
 use std::path::PathBuf;
@@ -36,7 +39,7 @@ pub enum Command {
     /// Run the worker daemon
     Run,
     /// Publish events (JSON or NDJSON) from FILE or stdin, with publisher confirms
-    Publish,
+    Publish(publish::PublishArgs),
     /// Move dead letters back to the events exchange
     Replay,
     /// List and inspect dead letters without consuming them
@@ -48,7 +51,7 @@ pub enum Command {
     /// Run the project's WeChat API emulator
     MockWechat(mock_wechat::MockWechatArgs),
     /// End-to-end demo on the local RabbitMQ and Redis with the emulator
-    Demo,
+    Demo(demo::DemoArgs),
     /// Capacity benchmark against the emulator
     Bench,
 }
@@ -100,9 +103,11 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Token(args) => token::run(&load(config_file)?, args).await,
         Command::MockWechat(args) => Ok(mock_wechat::run(args).await?),
         Command::Run => Ok(crate::worker::run_until_signal(load(config_file)?.config).await?),
-        Command::Publish | Command::Replay | Command::Dead | Command::Demo | Command::Bench => Err(
-            CliError::Usage("this command is not yet available in this build".into()),
-        ),
+        Command::Publish(args) => publish::run(&load(config_file)?.config, args).await,
+        Command::Demo(args) => demo::run(config_file, args).await,
+        Command::Replay | Command::Dead | Command::Bench => Err(CliError::Usage(
+            "this command is not yet available in this build".into(),
+        )),
     }
 }
 

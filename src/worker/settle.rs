@@ -72,7 +72,7 @@ pub async fn settle(
         Disposition::Retry { attempts, failure } => {
             let tier = ctx.topology.tier_for_attempt(*attempts, true);
             metrics::counter!(m::RETRIES_SCHEDULED, "tier" => tier.label.clone()).increment(1);
-            tracing::info!(attempts, tier = %tier.label, class = failure.class, errcode = ?failure.errcode, errmsg = %failure.errmsg, "retry scheduled");
+            tracing::info!(attempts, tier = %tier.label, class = failure.class, errcode = failure.errcode.map_or_else(String::new, |c| c.to_string()), errmsg = %failure.errmsg, "retry scheduled");
             (
                 "retry",
                 republish(
@@ -96,7 +96,7 @@ pub async fn settle(
         }
         Disposition::DeadLetter { attempts, failure } => {
             metrics::counter!(m::DEAD_LETTERS, "reason" => failure.class).increment(1);
-            tracing::warn!(attempts, class = failure.class, errcode = ?failure.errcode, errmsg = %failure.errmsg, "dead-lettered");
+            tracing::warn!(attempts, class = failure.class, errcode = failure.errcode.map_or_else(String::new, |c| c.to_string()), errmsg = %failure.errmsg, "dead-lettered");
             let mut headers = with_failure(original, *attempts, failure);
             h::set_str(&mut headers, h::DEAD_AT, &now_rfc3339());
             (
