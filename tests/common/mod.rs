@@ -240,6 +240,60 @@ impl TestApp {
         q.message_count()
     }
 
+    /// The retry tier queues of this app's topology.
+    pub fn tier_queues(&self) -> Vec<String> {
+        Topology::new(&self.config.amqp, &self.config.retry)
+            .tiers
+            .iter()
+            .map(|t| t.queue.clone())
+            .collect()
+    }
+
+    /// Ready messages in the events queue and every retry tier (not the dead-letter queue).
+    pub async fn pending(&self) -> u32 {
+        let mut total = self.queue_len(&self.config.amqp.queue).await;
+        for q in self.tier_queues() {
+            total += self.queue_len(&q).await;
+        }
+        total
+    }
+
+    /// Ready messages in the dead-letter queue.
+    pub async fn dead_len(&self) -> u32 {
+        self.queue_len(&self.config.amqp.dead_letter_queue).await
+    }
+
+    /// The `state` field of an event's idempotency record in Redis (`claimed`, `sent`, …).
+    pub async fn event_state(&self, event_id: &str) -> Option<String> {
+        let client = redis::Client::open(REDIS_URL).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("HGET")
+            .arg(format!("{}:event:{{{event_id}}}", self.prefix))
+            .arg("state")
+            .query_async(&mut conn)
+            .await
+            .ok()?
+    }
+
+    /// Publishes every event, one after the other, each confirmed.
+    pub async fn publish_all(&self, events: &[Value]) {
+        for event in events {
+            self.publish(event).await;
+        }
+    }
+
+    /// Opens a fresh connection and confirm channel, e.g. after the broker closed them.
+    pub async fn reconnect(&mut self) {
+        let connection = eventually(
+            "RabbitMQ accepts a connection",
+            Duration::from_secs(30),
+            || async { wxpush::broker::connect(AMQP_URL, "test").await.ok() },
+        )
+        .await;
+        self.publisher = Publisher::open(&connection).await.expect("confirm channel");
+        self.connection = connection;
+    }
+
     /// Deletes the test's queues, exchange and Redis keys.
     pub async fn cleanup(self) {
         let channel = self.connection.create_channel().await.unwrap();
@@ -301,6 +355,56 @@ impl DeadLetter {
             .as_str()
             .map(str::to_owned)
     }
+}
+
+/// The HTTP status of `GET /readyz` on a worker's admin address (0 when unreachable).
+pub async fn readyz(admin: std::net::SocketAddr) -> u16 {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    match client.get(format!("http://{admin}/readyz")).send().await {
+        Ok(response) => response.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// Waits until `/readyz` answers `status`.
+pub async fn await_readyz(admin: std::net::SocketAddr, status: u16, timeout: Duration) {
+    eventually(&format!("/readyz {status}"), timeout, || async {
+        (readyz(admin).await == status).then_some(())
+    })
+    .await;
+}
+
+/// How many accepted sends went to `openid`.
+pub fn sends_to(sends: &[wxpush::wechat::mock::AcceptedSend], openid: &str) -> usize {
+    sends.iter().filter(|s| s.body["touser"] == openid).count()
+}
+
+/// Asserts that the accepted sends are exactly one per user `0..n` (as [`order_paid`] makes
+/// them) and nothing else.
+pub fn assert_each_sent_once(sends: &[wxpush::wechat::mock::AcceptedSend], n: usize) {
+    let mut per_user = std::collections::BTreeMap::<String, usize>::new();
+    for s in sends {
+        *per_user
+            .entry(s.body["touser"].as_str().unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    let twice: Vec<_> = per_user.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    let missing: Vec<usize> = (0..n)
+        .filter(|i| !per_user.contains_key(&openid(*i)))
+        .collect();
+    assert!(missing.is_empty(), "never sent: users {missing:?}");
+    assert_eq!(sends.len(), n, "exactly {n} accepted sends");
+}
+
+/// `order_paid` events `{prefix}-0` … for users `0..n`.
+pub fn order_events(prefix: &str, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| order_paid(&format!("{prefix}-{i}"), i))
+        .collect()
 }
 
 /// An `order.paid` event for user `n`.
