@@ -107,13 +107,19 @@ impl Template {
             else {
                 continue;
             };
-            let value = match kind.check(&value) {
-                Ok(()) => value,
+            let checked = match kind.check(&value) {
                 Err(ValueError::TooLong { .. })
                     if overflow == Overflow::Truncate && kind.truncatable() =>
                 {
-                    kind.truncate(&value)
+                    // The cut value must pass on its own: a phrase of latin letters is still
+                    // refused after shortening.
+                    let cut = kind.truncate(&value);
+                    kind.check(&cut).map(|()| cut)
                 }
+                other => other.map(|()| value),
+            };
+            let value = match checked {
+                Ok(value) => value,
                 Err(e) => {
                     return Err(RenderFailure(format!(
                         "data key `{key}` ({}) {e}{}",
