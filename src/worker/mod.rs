@@ -152,6 +152,8 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+const REDIS_CHECK_EVERY: Duration = Duration::from_secs(2);
+
 /// How a session ended.
 enum SessionEnd {
     Shutdown,
@@ -194,16 +196,18 @@ async fn supervise(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Result<()>
         }
         ctx.health.set(&ctx.health.redis, true);
         let started = Instant::now();
-        match session(&ctx, &stop).await {
+        let ended = session(&ctx, &stop).await;
+        // A session that got going means the outage is over: the next one starts quickly.
+        if started.elapsed() > Duration::from_secs(5) {
+            delays = backoff();
+        }
+        match ended {
             Ok(SessionEnd::Shutdown) => break Ok(()),
             Ok(SessionEnd::RedisDown) => {
                 ctx.health.set(&ctx.health.redis, false);
                 tracing::warn!("Redis failed mid-stream; unacked messages went back to the queue");
             }
             Err(e) => {
-                if started.elapsed() > Duration::from_secs(30) {
-                    delays = backoff();
-                }
                 let delay = delays.next().unwrap_or(Duration::from_secs(30));
                 tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "AMQP session ended; reconnecting");
                 let _ = stop.run_until_cancelled(tokio::time::sleep(delay)).await;
@@ -249,10 +253,18 @@ async fn session(ctx: &Arc<Ctx>, stop: &CancellationToken) -> anyhow::Result<Ses
 
     let tracker = TaskTracker::new();
     let redis_down = CancellationToken::new();
+    // An idle worker must notice a Redis outage too (for /readyz, and to stop consuming).
+    let mut redis_check = tokio::time::interval(REDIS_CHECK_EVERY);
     let end: anyhow::Result<SessionEnd> = loop {
         tokio::select! {
             _ = stop.cancelled() => break Ok(SessionEnd::Shutdown),
             _ = redis_down.cancelled() => break Ok(SessionEnd::RedisDown),
+            _ = redis_check.tick() => {
+                if let Err(e) = redis_ping(&ctx.pool).await {
+                    tracing::warn!(error = %e, "Redis unreachable; pausing consumption");
+                    break Ok(SessionEnd::RedisDown);
+                }
+            }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     tracker.spawn(process(ctx.clone(), publisher.clone(), delivery, redis_down.clone()));

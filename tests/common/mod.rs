@@ -416,3 +416,240 @@ pub fn order_paid(id: &str, n: usize) -> Value {
         "data": {"order_no": format!("A{n}"), "amount": "12.5", "paid_at": "2026-11-24T10:00:00+08:00"}
     })
 }
+
+// ----- dead letters and the `wxpush` binary (tests/replay.rs, tests/dead.rs) -----
+
+/// Dead-letter headers as the worker writes them (src/worker/settle.rs).
+pub fn dead_headers(
+    class: &str,
+    errcode: Option<i64>,
+    errmsg: &str,
+    attempts: i64,
+    dead_at: &str,
+) -> lapin::types::FieldTable {
+    let mut headers = lapin::types::FieldTable::default();
+    h::set_i64(&mut headers, h::ATTEMPTS, attempts);
+    h::set_str(&mut headers, h::FIRST_FAILED_AT, dead_at);
+    h::set_str(&mut headers, h::ERROR, class);
+    if let Some(code) = errcode {
+        h::set_i64(&mut headers, h::ERRCODE, code);
+    }
+    h::set_str(&mut headers, h::ERRMSG, errmsg);
+    h::set_str(&mut headers, h::APP, "default");
+    h::set_str(&mut headers, h::DEAD_AT, dead_at);
+    headers
+}
+
+/// The event id of a body, if it is a JSON object with a string `id`.
+pub fn body_id(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Value>(body).ok()?["id"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+impl TestApp {
+    /// Publishes messages straight into the dead-letter queue, in this order, and waits for
+    /// every confirm.
+    pub async fn fill_dead(&self, messages: &[(Vec<u8>, BasicProperties)]) {
+        let channel = self.publisher.channel();
+        let queue = self.config.amqp.dead_letter_queue.as_str();
+        let mut confirms = Vec::with_capacity(messages.len());
+        for (body, properties) in messages {
+            confirms.push(
+                channel
+                    .basic_publish(
+                        "".into(),
+                        queue.into(),
+                        lapin::options::BasicPublishOptions::default(),
+                        body,
+                        properties.clone().with_delivery_mode(2),
+                    )
+                    .await
+                    .expect("publish to the dead-letter queue"),
+            );
+        }
+        for confirm in confirms {
+            assert_eq!(
+                confirm.await.expect("confirm"),
+                lapin::Confirmation::Ack(None),
+                "dead letter confirmed"
+            );
+        }
+        eventually(
+            "the dead letters in their queue",
+            Duration::from_secs(10),
+            || async { (self.dead_len().await as usize >= messages.len()).then_some(()) },
+        )
+        .await;
+    }
+
+    /// Waits until `queue` holds exactly `n` ready messages, then takes them all off (acking
+    /// each) and returns them in queue order.
+    pub async fn drain_exactly(&self, queue: &str, n: usize) -> Vec<lapin::message::Delivery> {
+        eventually(
+            &format!("{n} ready messages in {queue}"),
+            Duration::from_secs(30),
+            || async { (self.queue_len(queue).await as usize == n).then_some(()) },
+        )
+        .await;
+        let channel = self.connection.create_channel().await.unwrap();
+        let mut out = Vec::with_capacity(n);
+        while let Some(m) = channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
+            m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+            out.push(m.delivery);
+        }
+        let _ = channel.close(200, "drained".into()).await;
+        assert_eq!(out.len(), n, "messages taken off {queue}");
+        out
+    }
+
+    /// Writes this app's config (as the in-process tests use it) to a file for the binary.
+    pub fn config_file(&self) -> tempfile::NamedTempFile {
+        let file = tempfile::Builder::new()
+            .prefix(&self.prefix)
+            .suffix(".toml")
+            .tempfile()
+            .expect("temp file");
+        std::fs::write(
+            file.path(),
+            config_text(&self.prefix, &self.mock.base_url()),
+        )
+        .expect("config written");
+        file
+    }
+
+    /// The `wxpush` binary with this app's config; keep the file until the command ends.
+    pub fn command(&self, args: &[&str]) -> (tokio::process::Command, tempfile::NamedTempFile) {
+        let file = self.config_file();
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxpush"));
+        command
+            .arg("--config")
+            .arg(file.path())
+            .args(args)
+            .env(SECRET_ENV, SECRET)
+            .env("WXPUSH_LOG_FORMAT", "json")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        (command, file)
+    }
+
+    /// Runs `wxpush ARGS` to completion.
+    pub async fn cli(&self, args: &[&str]) -> CliOutput {
+        let (mut command, _file) = self.command(args);
+        let output = tokio::time::timeout(Duration::from_secs(120), command.output())
+            .await
+            .expect("wxpush finishes within 2 minutes")
+            .expect("wxpush runs");
+        CliOutput::from(output)
+    }
+}
+
+/// What a run of the binary printed and how it exited.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<std::process::Output> for CliOutput {
+    fn from(o: std::process::Output) -> CliOutput {
+        CliOutput {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl CliOutput {
+    /// Asserts exit 0 and returns stdout.
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, Some(0), "wxpush failed: {self:#?}");
+        &self.stdout
+    }
+}
+
+/// One dead letter of [`mixed_dead_letters`].
+#[derive(Debug, Clone)]
+pub struct MixedDead {
+    pub id: String,
+    pub user: usize,
+    pub errcode: i64,
+    pub class: &'static str,
+    pub errmsg: &'static str,
+    pub attempts: i64,
+    pub dead_at: String,
+    pub replayed: i64,
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+}
+
+/// `n` dead letters as the worker writes them, each a valid `order.paid` event `{prefix}-{i}`
+/// for user `i`, dead for an hour. Errcodes repeat every ten: four `40003`, three `-1`
+/// (transient, out of attempts), three `47003`; every 25th was replayed twice before.
+pub fn mixed_dead_letters(prefix: &str, n: usize) -> Vec<MixedDead> {
+    use time::format_description::well_known::Rfc3339;
+    let dead_at = (time::OffsetDateTime::now_utc() - time::Duration::hours(1))
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&Rfc3339)
+        .unwrap();
+    (0..n)
+        .map(|i| {
+            let (errcode, class, errmsg, attempts) = match i % 10 {
+                0..4 => (40003, "permanent", "invalid openid", 1),
+                4..7 => (-1, "transient", "system error", 3),
+                _ => (47003, "permanent", "argument invalid! data.thing4.value", 1),
+            };
+            let id = format!("{prefix}-{i}");
+            let replayed = if i % 25 == 0 { 2 } else { 0 };
+            let mut headers = dead_headers(class, Some(errcode), errmsg, attempts, &dead_at);
+            if replayed > 0 {
+                h::set_i64(&mut headers, h::REPLAYED, replayed);
+            }
+            MixedDead {
+                body: serde_json::to_vec(&order_paid(&id, i)).unwrap(),
+                properties: BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_message_id(id.as_str().into())
+                    .with_headers(headers),
+                id,
+                user: i,
+                errcode,
+                class,
+                errmsg,
+                attempts,
+                dead_at: dead_at.clone(),
+                replayed,
+            }
+        })
+        .collect()
+}
+
+impl TestApp {
+    /// Fills the dead-letter queue with these, in order.
+    pub async fn fill_mixed(&self, letters: &[MixedDead]) {
+        let messages: Vec<_> = letters
+            .iter()
+            .map(|l| (l.body.clone(), l.properties.clone()))
+            .collect();
+        self.fill_dead(&messages).await;
+    }
+
+    /// The event ids in the dead-letter queue (exactly `n` of them), in order; takes them off.
+    pub async fn drain_dead_ids(&self, n: usize) -> Vec<String> {
+        let queue = self.config.amqp.dead_letter_queue.clone();
+        self.drain_exactly(&queue, n)
+            .await
+            .iter()
+            .map(|d| body_id(&d.data).unwrap_or_default())
+            .collect()
+    }
+}
