@@ -8,10 +8,10 @@ use crate::config;
 
 pub fn run(file: Option<&Path>) -> CliResult {
     let path = config::config_path(file);
-    let text = std::fs::read_to_string(&path).map_err(|source| {
+    let text = std::fs::read_to_string(&path).map_err(|error| {
         anyhow::Error::from(config::ConfigError::Read {
             path: path.clone(),
-            source,
+            error,
         })
     })?;
     let loaded = config::load_str(&text, &path, std::env::vars()).map_err(anyhow::Error::from)?;

@@ -17,11 +17,11 @@ const ENV_SPAN_BASE: usize = usize::MAX / 2;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "cannot read config file {path}: {source}\n  pass --config FILE, set WXPUSH_CONFIG, or create ./wxpush.toml (examples/wxpush.toml is a commented start)"
+        "cannot read config file {path}: {error}\n  pass --config FILE, set WXPUSH_CONFIG, or create ./wxpush.toml (examples/wxpush.toml is a commented start)"
     )]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}:{line}:{column}: {message}")]
     Invalid {
@@ -98,9 +98,9 @@ pub fn config_path(cli: Option<&Path>) -> PathBuf {
 /// Reads the file and applies this process's environment, then validates it: a config with
 /// problems is refused with all of them listed.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let loaded = load_str(&text, path, std::env::vars())?;
     let problems = loaded.problems();
