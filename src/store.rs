@@ -26,6 +26,33 @@ pub fn connect(config: &RedisConfig) -> anyhow::Result<Pool> {
         .map_err(|e| anyhow::anyhow!("redis.url {} is not usable: {e}", redact_url(&config.url)))
 }
 
+/// Deletes every key under `prefix:` (demo, benchmark and test runs use their own prefix).
+/// Uses SCAN, so it does not block Redis on a large database.
+pub async fn delete_prefix(pool: &Pool, prefix: &str) -> anyhow::Result<usize> {
+    use deadpool_redis::redis;
+    let mut conn = pool.get().await?;
+    let mut cursor: u64 = 0;
+    let mut deleted = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(500)
+            .query_async(&mut *conn)
+            .await?;
+        if !keys.is_empty() {
+            deleted += keys.len();
+            let _: () = redis::cmd("DEL").arg(keys).query_async(&mut *conn).await?;
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
+    }
+}
+
 /// Key names under one prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {

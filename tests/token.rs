@@ -76,19 +76,10 @@ impl Setup {
     }
 
     async fn cleanup(self) {
-        let mut conn = self.redis().await;
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.prefix))
-            .query_async(&mut conn)
+        let pool = wxpush::store::connect(&self.config.redis).unwrap();
+        wxpush::store::delete_prefix(&pool, &self.prefix)
             .await
             .unwrap();
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(keys)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-        }
         self.mock.shutdown().await;
     }
 }

@@ -97,6 +97,30 @@ impl Topology {
             .unwrap_or_else(|| self.tiers.last().expect("at least one tier"))
     }
 
+    /// Every queue this topology declares.
+    pub fn queues(&self) -> impl Iterator<Item = &str> {
+        [self.queue.as_str(), self.dead_letter_queue.as_str()]
+            .into_iter()
+            .chain(self.tiers.iter().map(|t| t.queue.as_str()))
+    }
+
+    /// Deletes the queues and the exchange, messages and all: for the demo, the benchmark and
+    /// tests, which run on their own names. Best effort: what is already gone is fine.
+    pub async fn delete(&self, channel: &Channel) {
+        use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+        for queue in self.queues() {
+            let _ = channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = channel
+            .exchange_delete(
+                self.exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+
     fn queue_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
         if self.queue_type == QueueType::Quorum {

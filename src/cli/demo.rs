@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use serde_json::{Value, json};
 
 use super::CliResult;
@@ -354,36 +354,15 @@ async fn wait_for(what: &str, done: impl Fn() -> bool) -> anyhow::Result<()> {
 }
 
 async fn cleanup(config: &Config) {
-    let topology = Topology::new(&config.amqp, &config.retry);
     if let Ok(connection) = broker::connect(&config.amqp.url, "demo cleanup").await
         && let Ok(channel) = connection.create_channel().await
     {
-        let queues = [topology.queue.clone(), topology.dead_letter_queue.clone()]
-            .into_iter()
-            .chain(topology.tiers.iter().map(|t| t.queue.clone()));
-        for queue in queues {
-            let _ = channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        let _ = channel
-            .exchange_delete(topology.exchange.as_str().into(), Default::default())
+        Topology::new(&config.amqp, &config.retry)
+            .delete(&channel)
             .await;
         let _ = connection.close(200, "demo cleanup done".into()).await;
     }
-    if let Ok(pool) = crate::store::connect(&config.redis)
-        && let Ok(mut conn) = pool.get().await
-    {
-        let keys: Vec<String> = deadpool_redis::redis::cmd("KEYS")
-            .arg(format!("{}:*", config.redis.key_prefix))
-            .query_async(&mut *conn)
-            .await
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: Result<(), _> = deadpool_redis::redis::cmd("DEL")
-                .arg(keys)
-                .query_async(&mut *conn)
-                .await;
-        }
+    if let Ok(pool) = crate::store::connect(&config.redis) {
+        let _ = crate::store::delete_prefix(&pool, &config.redis.key_prefix).await;
     }
 }

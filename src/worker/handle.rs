@@ -278,17 +278,17 @@ async fn resolve_js_code(
             Ok(openid)
         }
         Err(error) => {
-            mark_failed(
-                ctx,
-                key,
-                &error
-                    .errcode()
-                    .map_or("transport".into(), |c| c.to_string()),
-            )
-            .await;
+            mark_failed(ctx, key, &failure_code(&error)).await;
             Err(call_failure(ctx, app, attempts, &error, "jscode2session"))
         }
     }
+}
+
+/// What a definite failure is recorded as in the event's Redis state.
+fn failure_code(error: &CallError) -> String {
+    error
+        .errcode()
+        .map_or_else(|| "transport".to_owned(), |code| code.to_string())
 }
 
 /// The disposition for a failed call that is not a stale token.
@@ -414,14 +414,7 @@ async fn send(
                 }
             };
         }
-        mark_failed(
-            ctx,
-            key,
-            &error
-                .errcode()
-                .map_or("transport".into(), |c| c.to_string()),
-        )
-        .await;
+        mark_failed(ctx, key, &failure_code(&error)).await;
         return call_failure(ctx, app, attempts, &error, "send");
     }
 }

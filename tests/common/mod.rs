@@ -7,7 +7,7 @@ use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::{BasicProperties, Connection};
 use serde_json::{Value, json};
 use wxpush::broker::headers as h;
@@ -297,29 +297,11 @@ impl TestApp {
     /// Deletes the test's queues, exchange and Redis keys.
     pub async fn cleanup(self) {
         let channel = self.connection.create_channel().await.unwrap();
-        let topology = Topology::new(&self.config.amqp, &self.config.retry);
-        let queues = [topology.queue.clone(), topology.dead_letter_queue.clone()]
-            .into_iter()
-            .chain(topology.tiers.iter().map(|t| t.queue.clone()));
-        for q in queues {
-            let _ = channel
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        let _ = channel
-            .exchange_delete(topology.exchange.as_str().into(), Default::default())
+        Topology::new(&self.config.amqp, &self.config.retry)
+            .delete(&channel)
             .await;
-        let client = redis::Client::open(REDIS_URL).unwrap();
-        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{}:*", self.prefix))
-                .query_async(&mut conn)
-                .await
-                .unwrap_or_default();
-            if !keys.is_empty() {
-                let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-            }
-        }
+        let pool = wxpush::store::connect(&self.config.redis).unwrap();
+        let _ = wxpush::store::delete_prefix(&pool, &self.prefix).await;
         let _ = self.connection.close(200, "test done".into()).await;
         self.mock.shutdown().await;
     }
