@@ -47,6 +47,22 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
+        self.start(exchange, routing_key, body, properties)
+            .await?
+            .confirmed()
+            .await
+    }
+
+    /// Sends a persistent publish and returns its pending confirm without waiting for it:
+    /// publishes started one after another reach the queue in that order, while their
+    /// confirms are awaited together.
+    pub async fn start(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<PendingConfirm, PublishError> {
         let confirm = self
             .channel
             .basic_publish(
@@ -59,18 +75,41 @@ impl Publisher {
                 body,
                 properties.with_delivery_mode(2),
             )
-            .await?
             .await?;
-        match confirm {
+        Ok(PendingConfirm {
+            confirm,
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+        })
+    }
+
+    /// Closes the channel. Call before closing the connection: a channel dropped instead
+    /// races the connection's close (and lapin logs an error about it).
+    pub async fn close(&self) {
+        let _ = self.channel.close(200, "done".into()).await;
+    }
+}
+
+/// A publish the broker has yet to confirm.
+pub struct PendingConfirm {
+    confirm: lapin::PublisherConfirm,
+    exchange: String,
+    routing_key: String,
+}
+
+impl PendingConfirm {
+    /// Waits for the confirm; an unroutable (returned) message is an error, not a success.
+    pub async fn confirmed(self) -> Result<(), PublishError> {
+        match self.confirm.await? {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => {
                 Err(PublishError::Unroutable {
-                    exchange: exchange.to_owned(),
-                    routing_key: routing_key.to_owned(),
+                    exchange: self.exchange,
+                    routing_key: self.routing_key,
                 })
             }
             Confirmation::Nack(None) | Confirmation::NotRequested => Err(PublishError::Nacked {
-                exchange: exchange.to_owned(),
+                exchange: self.exchange,
             }),
         }
     }

@@ -321,6 +321,7 @@ async fn run_demo(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     worker.shutdown().await?;
+    publisher.close().await;
     let _ = connection.close(200, "demo done".into()).await;
     let sent = mock
         .sends()

@@ -1,11 +1,14 @@
 //! The `wxpush` command line: one binary, one subcommand per job. Each subcommand lives in
 //! its own file; this one parses arguments, sets up logging and maps errors to exit codes.
 
+mod bench;
 mod check;
+mod dead;
 mod demo;
 pub mod mock_wechat;
 mod progress;
 pub mod publish;
+mod replay;
 mod token;
 
 use std::path::PathBuf;
@@ -41,9 +44,9 @@ pub enum Command {
     /// Publish events (JSON or NDJSON) from FILE or stdin, with publisher confirms
     Publish(publish::PublishArgs),
     /// Move dead letters back to the events exchange
-    Replay,
+    Replay(replay::ReplayArgs),
     /// List and inspect dead letters without consuming them
-    Dead,
+    Dead(dead::DeadArgs),
     /// Validate the config and every template mapping; exit 0 only when clean
     Check,
     /// Show each app's token state (never the token itself)
@@ -53,7 +56,7 @@ pub enum Command {
     /// End-to-end demo on the local RabbitMQ and Redis with the emulator
     Demo(demo::DemoArgs),
     /// Capacity benchmark against the emulator
-    Bench,
+    Bench(bench::BenchArgs),
 }
 
 /// How a command failed, for the exit code.
@@ -105,9 +108,9 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Run => Ok(crate::worker::run_until_signal(load(config_file)?.config).await?),
         Command::Publish(args) => publish::run(&load(config_file)?.config, args).await,
         Command::Demo(args) => demo::run(config_file, args).await,
-        Command::Replay | Command::Dead | Command::Bench => Err(CliError::Usage(
-            "this command is not yet available in this build".into(),
-        )),
+        Command::Replay(args) => replay::run(&load(config_file)?.config, args).await,
+        Command::Dead(args) => dead::run(&load(config_file)?.config, args).await,
+        Command::Bench(args) => bench::run(config_file, args).await,
     }
 }
 

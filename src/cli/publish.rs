@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use lapin::BasicProperties;
 
 use super::{CliError, CliResult, progress};
-use crate::broker::publish::Publisher;
+use crate::broker::publish::{PendingConfirm, PublishError, Publisher};
 use crate::broker::topology::Topology;
 use crate::broker::{self};
 use crate::config::Config;
@@ -100,6 +100,7 @@ pub async fn run(config: &Config, args: PublishArgs) -> CliResult {
         .declare(publisher.channel())
         .await?;
     let published = publish_all(&publisher, &config.amqp.exchange, &events, args.window).await;
+    publisher.close().await;
     let _ = connection.close(200, "publish done".into()).await;
     let count = published?;
     println!(
@@ -109,9 +110,9 @@ pub async fn run(config: &Config, args: PublishArgs) -> CliResult {
     Ok(())
 }
 
-/// Publishes with up to `window` confirms outstanding; stops at the first failure and says
-/// how many were confirmed before it (those are in the broker; publishing the same file again
-/// is safe, the event ids make redelivery harmless).
+/// Publishes in input order with up to `window` confirms outstanding; stops at the first
+/// failure and says how many were confirmed before it (those are in the broker; publishing
+/// the same file again is safe, the event ids make redelivery harmless).
 pub async fn publish_all(
     publisher: &Publisher,
     exchange: &str,
@@ -119,62 +120,61 @@ pub async fn publish_all(
     window: usize,
 ) -> anyhow::Result<usize> {
     let bar = progress::bar(events.len() as u64, "publishing");
-    let mut in_flight = tokio::task::JoinSet::new();
+    let mut pending = std::collections::VecDeque::new();
     let mut confirmed = 0;
-    let mut failure = None;
+    let failed =
+        |e: &Prepared, err: PublishError| anyhow::anyhow!("{} (id {}): {err}", e.origin, e.id);
+    let mut result = Ok(());
     for event in events {
-        while in_flight.len() >= window.max(1) {
-            settle_one(&mut in_flight, &mut confirmed, &mut failure, &bar).await;
+        if pending.len() >= window.max(1) {
+            let (done, confirm): (&Prepared, PendingConfirm) =
+                pending.pop_front().expect("non-empty");
+            if let Err(err) = confirm.confirmed().await {
+                result = Err(failed(done, err));
+                break;
+            }
+            confirmed += 1;
+            bar.inc(1);
         }
-        if failure.is_some() {
-            break;
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_message_id(event.id.as_str().into());
+        match publisher
+            .start(exchange, &event.kind, &event.body, properties)
+            .await
+        {
+            Ok(confirm) => pending.push_back((event, confirm)),
+            Err(err) => {
+                result = Err(failed(event, err));
+                break;
+            }
         }
-        let (publisher, exchange, event) = (publisher.clone(), exchange.to_owned(), event.clone());
-        in_flight.spawn(async move {
-            let properties = BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_message_id(event.id.as_str().into());
-            publisher
-                .publish(&exchange, &event.kind, &event.body, properties)
-                .await
-                .map_err(|err| anyhow::anyhow!("{} (id {}): {err}", event.origin, event.id))
-        });
     }
-    while !in_flight.is_empty() {
-        settle_one(&mut in_flight, &mut confirmed, &mut failure, &bar).await;
+    for (done, confirm) in pending {
+        match confirm.confirmed().await {
+            Ok(()) if result.is_ok() => {
+                confirmed += 1;
+                bar.inc(1);
+            }
+            Ok(()) => confirmed += 1,
+            Err(err) => {
+                if result.is_ok() {
+                    result = Err(failed(done, err));
+                }
+            }
+        }
     }
-    match failure {
-        Some(e) => {
+    match result {
+        Ok(()) => {
+            bar.finish_and_clear();
+            Ok(confirmed)
+        }
+        Err(e) => {
             bar.abandon();
             Err(e.context(format!(
                 "{confirmed} event(s) were confirmed; the rest may not have been"
             )))
         }
-        None => {
-            bar.finish_and_clear();
-            Ok(confirmed)
-        }
-    }
-}
-
-async fn settle_one(
-    in_flight: &mut tokio::task::JoinSet<anyhow::Result<()>>,
-    confirmed: &mut usize,
-    failure: &mut Option<anyhow::Error>,
-    bar: &indicatif::ProgressBar,
-) {
-    match in_flight.join_next().await {
-        Some(Ok(Ok(()))) => {
-            *confirmed += 1;
-            bar.inc(1);
-        }
-        Some(Ok(Err(e))) => {
-            failure.get_or_insert(e);
-        }
-        Some(Err(e)) => {
-            failure.get_or_insert(anyhow::anyhow!("publish task failed: {e}"));
-        }
-        None => {}
     }
 }
 

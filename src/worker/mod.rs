@@ -290,6 +290,7 @@ async fn session(ctx: &Arc<Ctx>, stop: &CancellationToken) -> anyhow::Result<Ses
         );
     }
     ctx.health.set(&ctx.health.amqp, false);
+    publisher.close().await;
     // Closing the connection returns every unacked message to the queue.
     let _ = connection
         .close(200, "wxpush worker session over".into())

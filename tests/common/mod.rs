@@ -635,3 +635,142 @@ impl TestApp {
             .collect()
     }
 }
+
+// ----- `wxpush run` as a child process (tests/faults.rs) -----
+
+/// `wxpush run --log-format json` as a child process. Its stderr is collected line by line as
+/// it is written; every log line is one write, so the lines survive a SIGKILL. Waiting is
+/// async (polling), so an in-process emulator on the test's runtime keeps answering
+/// meanwhile. Dropping it kills the process.
+pub struct WorkerProcess {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WorkerProcess {
+    /// Starts `wxpush run` with this config file (and `RUST_LOG=info` unless `env` sets it).
+    pub fn start(config: &Path, env: &[(&str, &str)]) -> WorkerProcess {
+        use std::io::BufRead;
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wxpush"));
+        command
+            .args(["run", "--log-format", "json", "--config"])
+            .arg(config)
+            .env(SECRET_ENV, SECRET)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("the wxpush binary starts");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        WorkerProcess {
+            child,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The stderr lines so far.
+    pub fn log(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// The admin address from the worker's start line.
+    pub async fn admin_addr(&self) -> std::net::SocketAddr {
+        eventually(
+            "the worker's start line",
+            Duration::from_secs(30),
+            || async {
+                self.log().iter().find_map(|l| {
+                    let v: Value = serde_json::from_str(l).ok()?;
+                    v["admin"].as_str()?.parse().ok()
+                })
+            },
+        )
+        .await
+    }
+
+    /// Waits (async) for the process to exit, at most `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Joins the stderr reader (the pipe closes when the process is gone) and returns all
+    /// lines.
+    async fn drain(&mut self) -> Vec<String> {
+        if let Some(reader) = self.reader.take() {
+            for _ in 0..250 {
+                if reader.is_finished() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if reader.is_finished() {
+                let _ = reader.join();
+            }
+        }
+        self.log()
+    }
+
+    /// SIGKILL: no chance to finish anything. Returns every line it wrote.
+    pub async fn kill(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        self.wait_exit(Duration::from_secs(10))
+            .await
+            .expect("a SIGKILLed process exits");
+        self.drain().await
+    }
+
+    /// SIGTERM, then waits up to `grace` for the exit. Returns the exit status (`None` when
+    /// it did not exit in time; it is then killed) and every line it wrote.
+    pub async fn terminate(
+        mut self,
+        grace: Duration,
+    ) -> (Option<std::process::ExitStatus>, Vec<String>) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let status = self.wait_exit(grace).await;
+        if status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.wait_exit(Duration::from_secs(10)).await;
+        }
+        let lines = self.drain().await;
+        (status, lines)
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,661 @@
+//! `wxpush dead [--json] [--limit N] [--show ID] [--summary]`: lists and inspects dead letters
+//! without consuming them.
+//!
+//! The messages are taken with `basic.get` (no auto-ack) on a channel of their own and never
+//! acked: closing that channel hands every one of them back, and RabbitMQ puts requeued
+//! messages of a classic queue back in their original positions. Nothing is lost or
+//! reordered; the messages only come back marked `redelivered`. While the listing runs, the
+//! messages it holds are invisible to other readers of the dead-letter queue (a concurrent
+//! `dead` or `replay` sees fewer).
+//!
+//! Shared with `replay`: [`Letter`] (what a dead letter says about itself, read from its
+//! headers and body, coping with messages that lack our headers and with non-UTF-8 bodies)
+//! and [`open_queue`].
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use lapin::message::Delivery;
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ErrorKind};
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::{CliResult, progress};
+use crate::broker::{self, headers as h};
+use crate::config::{Config, QueueType};
+use crate::event::MAX_BODY_BYTES;
+
+#[derive(Debug, clap::Args)]
+pub struct DeadArgs {
+    /// Print JSON: an array with one object per dead letter (with --summary, the counts)
+    #[arg(long)]
+    pub json: bool,
+    /// Read at most N dead letters, from the head of the queue
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// Print the headers and body of the dead letter(s) with this event id (or `#N` for the
+    /// N-th message in the queue, for bodies without a readable id)
+    #[arg(long, value_name = "ID")]
+    pub show: Option<String>,
+    /// Print only the counts by errcode and by event type
+    #[arg(long, conflicts_with = "show")]
+    pub summary: bool,
+}
+
+/// What a dead letter says about itself. Every field is optional: a message put in the
+/// queue by another client may have none of our headers and any body at all.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Letter {
+    /// 1-based position in the queue when it was read.
+    pub position: usize,
+    /// The body is JSON (an object or anything else).
+    pub json: bool,
+    pub id: Option<String>,
+    pub kind: Option<String>,
+    /// `x-wxpush-app`, else the body's `app`.
+    pub app: Option<String>,
+    pub class: Option<String>,
+    pub errcode: Option<i64>,
+    pub errmsg: Option<String>,
+    pub attempts: Option<i64>,
+    /// `x-wxpush-dead-at` as written.
+    pub dead_at_raw: Option<String>,
+    pub dead_at: Option<OffsetDateTime>,
+    /// `x-wxpush-replayed`, 0 when absent.
+    pub replayed: i64,
+}
+
+impl Letter {
+    pub fn of(position: usize, properties: &BasicProperties, body: &[u8]) -> Letter {
+        let headers = h::of(properties);
+        let parsed = (body.len() <= MAX_BODY_BYTES)
+            .then(|| serde_json::from_slice::<Value>(body).ok())
+            .flatten();
+        let field = |name: &str| {
+            parsed
+                .as_ref()
+                .and_then(|v| v.get(name))
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let dead_at_raw = h::get_str(&headers, h::DEAD_AT);
+        Letter {
+            position,
+            json: parsed.is_some(),
+            id: field("id"),
+            kind: field("type"),
+            app: h::get_str(&headers, h::APP).or_else(|| field("app")),
+            class: h::get_str(&headers, h::ERROR),
+            errcode: h::get_i64(&headers, h::ERRCODE),
+            errmsg: h::get_str(&headers, h::ERRMSG),
+            attempts: h::get_i64(&headers, h::ATTEMPTS),
+            dead_at: dead_at_raw
+                .as_deref()
+                .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok()),
+            dead_at_raw,
+            replayed: h::get_i64(&headers, h::REPLAYED).unwrap_or(0),
+        }
+    }
+
+    pub fn of_delivery(position: usize, delivery: &Delivery) -> Letter {
+        Letter::of(position, &delivery.properties, &delivery.data)
+    }
+
+    /// The event id for people: `(unparsable)` when the body is not JSON, `(no id)` when it
+    /// is JSON without a string `id`.
+    pub fn id_label(&self) -> String {
+        match (&self.id, self.json) {
+            (Some(id), _) => id.clone(),
+            (None, true) => "(no id)".into(),
+            (None, false) => "(unparsable)".into(),
+        }
+    }
+
+    /// Time since it was dead-lettered; `None` without a readable `x-wxpush-dead-at` (such a
+    /// message counts as infinitely old for `replay`'s age filters).
+    pub fn age(&self, now: OffsetDateTime) -> Option<Duration> {
+        let age = now - self.dead_at?;
+        Some(Duration::try_from(age).unwrap_or(Duration::ZERO))
+    }
+
+    /// Whether `--show ID` designates this message.
+    fn is(&self, wanted: &str) -> bool {
+        self.id.as_deref() == Some(wanted)
+            || wanted
+                .strip_prefix('#')
+                .and_then(|n| n.parse::<usize>().ok())
+                .is_some_and(|n| n == self.position)
+    }
+
+    fn to_json(&self, now: OffsetDateTime) -> Map<String, Value> {
+        let age = self.age(now);
+        let mut object = Map::new();
+        let mut put = |k: &str, v: Value| {
+            object.insert(k.to_owned(), v);
+        };
+        put("position", json!(self.position));
+        put("id", json!(self.id));
+        put("parsable", json!(self.json));
+        put("type", json!(self.kind));
+        put("app", json!(self.app));
+        put("class", json!(self.class));
+        put("errcode", json!(self.errcode));
+        put("errmsg", json!(self.errmsg));
+        put("attempts", json!(self.attempts));
+        put("dead_at", json!(self.dead_at_raw));
+        put("age_seconds", json!(age.map(|a| a.as_secs())));
+        put("age", json!(age.map(format_age)));
+        put("replayed", json!(self.replayed));
+        object
+    }
+}
+
+/// An age in whole seconds, humantime style (`1h 2m 3s`).
+pub fn format_age(age: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(age.as_secs())).to_string()
+}
+
+/// Says so when the queue is a quorum queue: RabbitMQ puts messages handed back to a
+/// classic queue in their old places, but may change their order in a quorum queue.
+pub fn warn_if_quorum(config: &Config) {
+    if config.amqp.queue_type == QueueType::Quorum {
+        eprintln!(
+            "note: `{}` is a quorum queue: dead letters read and handed back keep their count but may not keep their order",
+            config.amqp.dead_letter_queue
+        );
+    }
+}
+
+/// Opens a channel of its own on the queue (passively: it must exist) and returns it with
+/// the number of ready messages in it.
+pub async fn open_queue(connection: &Connection, queue: &str) -> anyhow::Result<(Channel, u32)> {
+    let channel = connection.create_channel().await?;
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    match declared {
+        Ok(q) => Ok((channel, q.message_count())),
+        Err(e) if is_not_found(&e) => Err(anyhow::anyhow!(
+            "the dead-letter queue `{queue}` does not exist (nothing was ever dead-lettered, or `amqp.dead_letter_queue` names another queue)"
+        )),
+        Err(e) => Err(anyhow::anyhow!("cannot open queue `{queue}`: {e}")),
+    }
+}
+
+fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(e.kind(), ErrorKind::ProtocolError(p) if p.get_id() == 404)
+}
+
+/// One message read for `--show`.
+struct Shown {
+    letter: Letter,
+    properties: BasicProperties,
+    body: Vec<u8>,
+}
+
+pub async fn run(config: &Config, args: DeadArgs) -> CliResult {
+    let queue = config.amqp.dead_letter_queue.as_str();
+    warn_if_quorum(config);
+    let connection = broker::connect(&config.amqp.url, "dead").await?;
+    let read = read_all(&connection, queue, &args).await;
+    let _ = connection.close(200, "dead: listing done".into()).await;
+    let (letters, shown) = read?;
+    let now = OffsetDateTime::now_utc();
+    let mut out = String::new();
+    if let Some(wanted) = &args.show {
+        if shown.is_empty() {
+            return Err(anyhow::anyhow!(
+                "no dead letter with id `{wanted}` among the {} in `{queue}`",
+                letters.len()
+            )
+            .into());
+        }
+        if args.json {
+            let items: Vec<Value> = shown.iter().map(|s| show_json(s, now)).collect();
+            out = pretty(&Value::Array(items));
+        } else {
+            for s in &shown {
+                show_text(&mut out, s, now);
+            }
+        }
+    } else if letters.is_empty() && !args.json {
+        out = format!("no dead letters in `{queue}`\n");
+    } else if args.summary {
+        out = if args.json {
+            pretty(&summary_json(&letters))
+        } else {
+            summary_text(&letters)
+        };
+    } else if args.json {
+        let items: Vec<Value> = letters
+            .iter()
+            .map(|l| Value::Object(l.to_json(now)))
+            .collect();
+        out = pretty(&Value::Array(items));
+    } else {
+        out.push_str(&table(&letters, now));
+        out.push('\n');
+        out.push_str(&summary_text(&letters));
+    }
+    print!("{out}");
+    Ok(())
+}
+
+fn pretty(value: &Value) -> String {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// Reads the queue's messages (up to its length at start, or `--limit`) without acking any,
+/// then closes the channel so they all return to their places.
+async fn read_all(
+    connection: &Connection,
+    queue: &str,
+    args: &DeadArgs,
+) -> anyhow::Result<(Vec<Letter>, Vec<Shown>)> {
+    let (channel, count) = open_queue(connection, queue).await?;
+    let want = args
+        .limit
+        .map_or(u64::from(count), |l| l.min(u64::from(count)));
+    let bar = progress::bar(want, "reading dead letters");
+    let mut letters = Vec::new();
+    let mut shown = Vec::new();
+    let mut failure = None;
+    while (letters.len() as u64) < want {
+        let message = match channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+        {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                failure = Some(anyhow::anyhow!("cannot read `{queue}`: {e}"));
+                break;
+            }
+        };
+        // Held unacked on purpose: the channel's close returns it to its place.
+        let letter = Letter::of_delivery(letters.len() + 1, &message.delivery);
+        if args.show.as_deref().is_some_and(|w| letter.is(w)) {
+            shown.push(Shown {
+                letter: letter.clone(),
+                properties: message.delivery.properties.clone(),
+                body: message.delivery.data.clone(),
+            });
+        }
+        letters.push(letter);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    // Closing the channel (and, in any case, the connection afterwards) requeues everything.
+    let _ = channel.close(200, "dead: listing done".into()).await;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok((letters, shown)),
+    }
+}
+
+/// A cell of the table: control characters escaped, at most `max` characters.
+fn cell(text: &str, max: usize) -> String {
+    let escaped: String = text
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    if escaped.chars().count() > max {
+        let mut cut: String = escaped.chars().take(max.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    } else {
+        escaped
+    }
+}
+
+fn or_dash<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+fn table(letters: &[Letter], now: OffsetDateTime) -> String {
+    let header = [
+        "#", "ID", "TYPE", "APP", "CLASS", "ERRCODE", "ERRMSG", "ATTEMPTS", "AGE", "REPLAYED",
+    ];
+    let rows: Vec<[String; 10]> = letters
+        .iter()
+        .map(|l| {
+            [
+                l.position.to_string(),
+                cell(&l.id_label(), 40),
+                cell(&or_dash(l.kind.as_deref()), 24),
+                cell(&or_dash(l.app.as_deref()), 16),
+                cell(&or_dash(l.class.as_deref()), 12),
+                or_dash(l.errcode),
+                cell(&or_dash(l.errmsg.as_deref()), 48),
+                or_dash(l.attempts),
+                l.age(now).map_or_else(|| "-".into(), format_age),
+                l.replayed.to_string(),
+            ]
+        })
+        .collect();
+    render(&header, &rows)
+}
+
+/// Left-aligned columns separated by two spaces.
+fn render<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(|h| h.chars().count());
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                text.push_str(c);
+            } else {
+                let _ = write!(text, "{c:<w$}  ");
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// (key, count) pairs, largest first (then by key).
+type Counts = Vec<(String, usize)>;
+
+/// Counts by errcode and by event type.
+fn counts(letters: &[Letter]) -> (Counts, Counts) {
+    let mut by_errcode = BTreeMap::<String, usize>::new();
+    let mut by_type = BTreeMap::<String, usize>::new();
+    for l in letters {
+        *by_errcode.entry(or_dash(l.errcode)).or_default() += 1;
+        *by_type
+            .entry(l.kind.clone().unwrap_or_else(|| "-".into()))
+            .or_default() += 1;
+    }
+    let sorted = |m: BTreeMap<String, usize>| -> Counts {
+        let mut v: Vec<_> = m.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v
+    };
+    (sorted(by_errcode), sorted(by_type))
+}
+
+fn summary_text(letters: &[Letter]) -> String {
+    let (by_errcode, by_type) = counts(letters);
+    let rows = |v: Counts| -> Vec<[String; 2]> {
+        v.into_iter()
+            .map(|(k, n)| [cell(&k, 40), n.to_string()])
+            .collect()
+    };
+    format!(
+        "{} dead letter(s)\n\n{}\n{}",
+        letters.len(),
+        render(&["ERRCODE", "COUNT"], &rows(by_errcode)),
+        render(&["TYPE", "COUNT"], &rows(by_type)),
+    )
+}
+
+fn summary_json(letters: &[Letter]) -> Value {
+    let (by_errcode, by_type) = counts(letters);
+    let object = |v: Counts| Value::Object(v.into_iter().map(|(k, n)| (k, json!(n))).collect());
+    json!({
+        "total": letters.len(),
+        "by_errcode": object(by_errcode),
+        "by_type": object(by_type),
+    })
+}
+
+fn show_json(s: &Shown, now: OffsetDateTime) -> Value {
+    let mut object = s.letter.to_json(now);
+    object.insert("headers".into(), table_json(&h::of(&s.properties)));
+    match std::str::from_utf8(&s.body) {
+        Ok(text) => object.insert("body".into(), json!(text)),
+        Err(_) => object.insert("body_base64".into(), json!(base64(&s.body))),
+    };
+    Value::Object(object)
+}
+
+fn show_text(out: &mut String, s: &Shown, now: OffsetDateTime) {
+    let l = &s.letter;
+    let p = &s.properties;
+    let _ = writeln!(
+        out,
+        "dead letter #{}: {}",
+        l.position,
+        cell(&l.id_label(), 200)
+    );
+    let _ = writeln!(
+        out,
+        "  age: {}",
+        l.age(now).map_or_else(|| "-".into(), format_age)
+    );
+    let mut props: Vec<(&str, String)> = Vec::new();
+    if let Some(v) = p.content_type() {
+        props.push(("content-type", v.to_string()));
+    }
+    if let Some(v) = p.content_encoding() {
+        props.push(("content-encoding", v.to_string()));
+    }
+    if let Some(v) = p.message_id() {
+        props.push(("message-id", v.to_string()));
+    }
+    if let Some(v) = p.correlation_id() {
+        props.push(("correlation-id", v.to_string()));
+    }
+    if let Some(v) = p.timestamp() {
+        props.push(("timestamp", v.to_string()));
+    }
+    if let Some(v) = p.app_id() {
+        props.push(("app-id", v.to_string()));
+    }
+    if let Some(v) = p.kind() {
+        props.push(("type", v.to_string()));
+    }
+    if !props.is_empty() {
+        out.push_str("properties:\n");
+        for (k, v) in props {
+            let _ = writeln!(out, "  {k}: {}", cell(&v, 200));
+        }
+    }
+    let headers = h::of(&s.properties);
+    if headers.inner().is_empty() {
+        out.push_str("headers: (none)\n");
+    } else {
+        out.push_str("headers:\n");
+        for (k, v) in headers.inner() {
+            let text = match table_value_json(v) {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            let _ = writeln!(out, "  {}: {}", cell(k.as_str(), 80), cell(&text, 500));
+        }
+    }
+    match std::str::from_utf8(&s.body) {
+        Ok(text) => {
+            let _ = writeln!(out, "body ({} bytes):", s.body.len());
+            let clean = text
+                .chars()
+                .all(|c| !c.is_control() || matches!(c, '\n' | '\t' | '\r'));
+            if clean {
+                out.push_str(text);
+            } else {
+                out.push_str(&text.escape_debug().to_string());
+            }
+        }
+        Err(_) => {
+            let _ = writeln!(
+                out,
+                "body ({} bytes, not UTF-8; non-ASCII bytes shown as \\xNN):",
+                s.body.len()
+            );
+            out.push_str(&s.body.escape_ascii().to_string());
+        }
+    }
+    out.push_str("\n\n");
+}
+
+/// Headers as a JSON object (for `--json --show`).
+pub fn table_json(table: &FieldTable) -> Value {
+    Value::Object(
+        table
+            .inner()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), table_value_json(v)))
+            .collect(),
+    )
+}
+
+fn table_value_json(value: &AMQPValue) -> Value {
+    match value {
+        AMQPValue::Boolean(v) => json!(v),
+        AMQPValue::ShortShortInt(v) => json!(v),
+        AMQPValue::ShortShortUInt(v) => json!(v),
+        AMQPValue::ShortInt(v) => json!(v),
+        AMQPValue::ShortUInt(v) => json!(v),
+        AMQPValue::LongInt(v) => json!(v),
+        AMQPValue::LongUInt(v) => json!(v),
+        AMQPValue::LongLongInt(v) => json!(v),
+        AMQPValue::Float(v) => json!(v),
+        AMQPValue::Double(v) => json!(v),
+        AMQPValue::DecimalValue(d) => {
+            json!(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
+        }
+        AMQPValue::ShortString(s) => json!(s.as_str()),
+        AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
+            Ok(text) => json!(text),
+            Err(_) => json!({ "base64": base64(s.as_bytes()) }),
+        },
+        AMQPValue::FieldArray(a) => {
+            Value::Array(a.as_slice().iter().map(table_value_json).collect())
+        }
+        AMQPValue::Timestamp(t) => json!(t),
+        AMQPValue::FieldTable(t) => table_json(t),
+        AMQPValue::ByteArray(b) => json!({ "base64": base64(b.as_slice()) }),
+        AMQPValue::Void => Value::Null,
+    }
+}
+
+/// Standard base64 with padding (bodies and header values that are not UTF-8, in JSON).
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(headers: FieldTable) -> BasicProperties {
+        BasicProperties::default().with_headers(headers)
+    }
+
+    #[test]
+    fn reads_our_headers_and_the_body() {
+        let mut headers = FieldTable::default();
+        h::set_str(&mut headers, h::ERROR, "permanent");
+        h::set_i64(&mut headers, h::ERRCODE, 40003);
+        h::set_str(&mut headers, h::ERRMSG, "invalid openid");
+        h::set_i64(&mut headers, h::ATTEMPTS, 1);
+        h::set_str(&mut headers, h::DEAD_AT, "2026-01-01T00:00:00Z");
+        let body = br#"{"id":"e1","type":"order.paid","app":"shop"}"#;
+        let l = Letter::of(3, &props(headers), body);
+        assert_eq!(l.id_label(), "e1");
+        assert_eq!(l.kind.as_deref(), Some("order.paid"));
+        assert_eq!(l.app.as_deref(), Some("shop"));
+        assert_eq!(
+            (l.errcode, l.attempts, l.replayed),
+            (Some(40003), Some(1), 0)
+        );
+        let now = OffsetDateTime::parse("2026-01-01T01:00:05Z", &Rfc3339).unwrap();
+        assert_eq!(l.age(now), Some(Duration::from_secs(3605)));
+        assert_eq!(l.to_json(now)["age"], "1h 5s");
+        assert!(l.is("e1") && l.is("#3") && !l.is("#2"));
+    }
+
+    #[test]
+    fn copes_with_foreign_messages() {
+        let l = Letter::of(1, &BasicProperties::default(), b"\xff\xfe binary");
+        assert_eq!(l.id_label(), "(unparsable)");
+        assert_eq!((l.class.clone(), l.errcode, l.dead_at), (None, None, None));
+        assert_eq!(l.age(OffsetDateTime::now_utc()), None);
+        let l = Letter::of(1, &BasicProperties::default(), br#"{"id":5}"#);
+        assert_eq!(l.id_label(), "(no id)");
+    }
+
+    #[test]
+    fn base64_matches_the_rfc_examples() {
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(base64(input.as_bytes()), expected);
+        }
+    }
+
+    #[test]
+    fn summary_counts_by_errcode_and_type() {
+        let mut letters = Vec::new();
+        for (i, code) in [40003, -1, 40003].into_iter().enumerate() {
+            let mut headers = FieldTable::default();
+            h::set_i64(&mut headers, h::ERRCODE, code);
+            letters.push(Letter::of(i + 1, &props(headers), br#"{"type":"a"}"#));
+        }
+        letters.push(Letter::of(4, &BasicProperties::default(), b"x"));
+        let v = summary_json(&letters);
+        assert_eq!(v["total"], 4);
+        assert_eq!(v["by_errcode"]["40003"], 2);
+        assert_eq!(v["by_errcode"]["-1"], 1);
+        assert_eq!(v["by_errcode"]["-"], 1);
+        assert_eq!(v["by_type"]["a"], 3);
+        let text = summary_text(&letters);
+        assert!(text.starts_with("4 dead letter(s)"), "{text}");
+        assert!(text.contains("40003    2"), "{text}");
+    }
+}
