@@ -71,11 +71,32 @@ fn lookup(data: &Map<String, Value>, path: &[String]) -> Result<Option<String>, 
     match current {
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some(s.clone())),
-        Value::Number(n) => Ok(Some(n.to_string())),
+        Value::Number(n) => exact_number(n).map(Some),
         Value::Bool(b) => Ok(Some(b.to_string())),
         Value::Array(_) | Value::Object(_) => {
             Err("is an array or object; a placeholder needs a string or number".into())
         }
+    }
+}
+
+/// A JSON number as the text it stands for. Integers beyond 64 bits and floats that print
+/// with an exponent have lost digits in parsing: sending them would change an order number
+/// or amount without anyone noticing, so they are refused with a way out.
+fn exact_number(n: &serde_json::Number) -> Result<String, String> {
+    if n.is_i64() || n.is_u64() {
+        return Ok(n.to_string());
+    }
+    let text = n.to_string();
+    let exact = n
+        .as_f64()
+        .is_some_and(|f| f.abs() < 9_007_199_254_740_992.0)
+        && !text.contains(['e', 'E']);
+    if exact {
+        Ok(text)
+    } else {
+        Err(format!(
+            "is the number {text}, too large to be represented exactly; send it as a string"
+        ))
     }
 }
 
@@ -240,6 +261,21 @@ mod tests {
         assert_eq!(err.field, "at");
         assert!(err.to_string().contains("RFC 3339"));
         assert!(r("{o}", json!({"o": {"a": 1}})).is_err());
+    }
+
+    #[test]
+    fn numbers_are_sent_exactly_or_refused() {
+        let d: Value = serde_json::from_str(
+            r#"{"big": 18446744073709551616, "ok": 18446744073709551615, "f": 12.5}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r("{ok}", d.clone()).unwrap().as_deref(),
+            Some("18446744073709551615")
+        );
+        assert_eq!(r("{f}", d.clone()).unwrap().as_deref(), Some("12.5"));
+        let err = r("{big}", d).unwrap_err();
+        assert!(err.to_string().contains("send it as a string"), "{err}");
     }
 
     #[test]

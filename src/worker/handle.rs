@@ -82,6 +82,7 @@ pub fn attempts_so_far(headers: &FieldTable) -> u32 {
 /// Decides a message's fate. Records the event id, type and app on the current span.
 pub async fn handle(ctx: &Ctx, body: &[u8], headers: &FieldTable) -> Disposition {
     let attempts = attempts_so_far(headers);
+    let replayed = headers::get_i64(headers, headers::REPLAYED).unwrap_or(0);
     let event = match Event::parse(body) {
         Ok(event) => event,
         Err(e) => {
@@ -144,6 +145,7 @@ pub async fn handle(ctx: &Ctx, body: &[u8], headers: &FieldTable) -> Disposition
         &ctx.owner,
         ctx.claim_hold,
         ctx.config.policy.idempotency_ttl,
+        replayed,
     )
     .await;
     let remembered_openid = match claim {
@@ -157,6 +159,9 @@ pub async fn handle(ctx: &Ctx, body: &[u8], headers: &FieldTable) -> Disposition
             return Disposition::Duplicate;
         }
         Ok(Claim::Busy) => return Disposition::Later,
+        Ok(Claim::AmbiguousDeadLettered) => {
+            return ambiguous_dead_letter(attempts, app, PREVIOUS_ATTEMPT);
+        }
         Ok(Claim::Fresh { openid }) => openid,
         Ok(Claim::Ambiguous { openid }) => match ctx.config.policy.on_ambiguous {
             OnAmbiguous::Resend => {
@@ -168,16 +173,12 @@ pub async fn handle(ctx: &Ctx, body: &[u8], headers: &FieldTable) -> Disposition
             }
             OnAmbiguous::DeadLetter => {
                 metrics::counter!(m::AMBIGUOUS, "action" => "dead_letter").increment(1);
-                let _ = idempotency::mark_failed(&mut *conn, &key, &ctx.owner, "ambiguous").await;
-                return Disposition::DeadLetter {
-                    attempts,
-                    failure: failure(
-                        "ambiguous",
-                        None,
-                        "a previous attempt ended without an answer from WeChat; it may have been delivered",
-                        Some(app),
-                    ),
-                };
+                if let Err(e) = idempotency::mark_ambiguous(&mut *conn, &key, replayed).await {
+                    return Disposition::Requeue {
+                        reason: format!("Redis: {e}"),
+                    };
+                }
+                return ambiguous_dead_letter(attempts, app, PREVIOUS_ATTEMPT);
             }
         },
     };
@@ -194,16 +195,26 @@ pub async fn handle(ctx: &Ctx, body: &[u8], headers: &FieldTable) -> Disposition
         }
     };
     message.touser = openid;
-    send(
-        ctx,
+    let this = Attempt {
         app,
-        &template.template_id,
-        &key,
-        token,
-        &message,
+        template_id: &template.template_id,
+        key: &key,
         attempts,
-    )
-    .await
+        replayed,
+    };
+    send(ctx, &this, token, &message).await
+}
+
+/// The message being sent: what the send loop needs to record and decide its outcome.
+struct Attempt<'a> {
+    app: &'a str,
+    template_id: &'a str,
+    /// The event's idempotency key in Redis.
+    key: &'a str,
+    /// Failed sends before this one.
+    attempts: u32,
+    /// The message's `x-wxpush-replayed` count.
+    replayed: i64,
 }
 
 /// A token could not be had: a broken app parks, Redis trouble pauses, the rest retries.
@@ -284,6 +295,16 @@ async fn resolve_js_code(
     }
 }
 
+const PREVIOUS_ATTEMPT: &str =
+    "a previous attempt ended without an answer from WeChat; it may have been delivered";
+
+fn ambiguous_dead_letter(attempts: u32, app: &str, errmsg: &str) -> Disposition {
+    Disposition::DeadLetter {
+        attempts,
+        failure: failure("ambiguous", None, errmsg, Some(app)),
+    }
+}
+
 /// What a definite failure is recorded as in the event's Redis state.
 fn failure_code(error: &CallError) -> String {
     error
@@ -332,13 +353,17 @@ fn call_failure(ctx: &Ctx, app: &str, attempts: u32, error: &CallError, what: &s
 
 async fn send(
     ctx: &Ctx,
-    app: &str,
-    template_id: &str,
-    key: &str,
+    this: &Attempt<'_>,
     mut token: AccessToken,
     message: &crate::wechat::client::SubscribeMessage,
-    attempts: u32,
 ) -> Disposition {
+    let Attempt {
+        app,
+        template_id,
+        key,
+        attempts,
+        replayed,
+    } = *this;
     let mut token_retries = 0;
     loop {
         let started = Instant::now();
@@ -401,16 +426,24 @@ async fn send(
                 }
                 OnAmbiguous::DeadLetter => {
                     metrics::counter!(m::AMBIGUOUS, "action" => "dead_letter").increment(1);
-                    mark_failed(ctx, key, "ambiguous").await;
-                    Disposition::DeadLetter {
-                        attempts: attempts + 1,
-                        failure: failure(
-                            "ambiguous",
-                            None,
-                            format!("send: {error}; it may have been delivered"),
-                            Some(app),
-                        ),
+                    let marked = match ctx.pool.get().await {
+                        Ok(mut conn) => idempotency::mark_ambiguous(&mut *conn, key, replayed)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    // Unrecorded, a redelivery would claim the event afresh and might send it
+                    // a second time; handing it back lets the claim expire into "ambiguous".
+                    if let Err(e) = marked {
+                        return Disposition::Requeue {
+                            reason: format!("Redis: {e}"),
+                        };
                     }
+                    ambiguous_dead_letter(
+                        attempts + 1,
+                        app,
+                        &format!("send: {error}; it may have been delivered"),
+                    )
                 }
             };
         }

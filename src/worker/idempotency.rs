@@ -23,6 +23,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local state = redis.call('HGET', KEYS[1], 'state')
 local openid = redis.call('HGET', KEYS[1], 'openid') or ''
 if state == 'sent' then return {'sent', openid} end
+if state == 'ambiguous' and tonumber(ARGV[4]) <= tonumber(redis.call('HGET', KEYS[1], 'replayed') or '0') then
+  return {'ambiguous_dead', openid}
+end
 local answer = 'claimed'
 if state == 'claimed' then
   local deadline = tonumber(redis.call('HGET', KEYS[1], 'deadline_ms') or '0')
@@ -32,6 +35,16 @@ end
 redis.call('HSET', KEYS[1], 'state', 'claimed', 'owner', ARGV[1], 'deadline_ms', now + tonumber(ARGV[2]))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {answer, openid}",
+    )
+});
+
+/// Records that the event is dead-lettered as ambiguous: terminal unless replayed. Written
+/// before the dead letter is published, so a failed publish or a crash cannot lead to a send.
+static AMBIGUOUS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('HGET', KEYS[1], 'state') == 'sent' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'ambiguous', 'replayed', ARGV[1])
+return 1",
     )
 });
 
@@ -56,22 +69,26 @@ pub enum Claim {
     Busy,
     /// A previous claim expired without an answer; ours now, but it may have been sent.
     Ambiguous { openid: Option<String> },
+    /// Already dead-lettered as ambiguous (and not replayed since): dead-letter it again.
+    AmbiguousDeadLettered,
 }
 
 /// Claims the event for `owner` for at most `hold` (then it is ambiguous); the record
-/// lives `ttl`.
+/// lives `ttl`. `replayed` is the message's `x-wxpush-replayed` count.
 pub async fn claim(
     conn: &mut impl redis::aio::ConnectionLike,
     key: &str,
     owner: &str,
     hold: Duration,
     ttl: Duration,
+    replayed: i64,
 ) -> redis::RedisResult<Claim> {
     let (state, openid): (String, String) = CLAIM
         .key(key)
         .arg(owner)
         .arg(hold.as_millis() as u64)
         .arg(ttl.as_millis() as u64)
+        .arg(replayed)
         .invoke_async(conn)
         .await?;
     let openid = (!openid.is_empty()).then_some(openid);
@@ -79,6 +96,7 @@ pub async fn claim(
         "sent" => Claim::AlreadySent,
         "busy" => Claim::Busy,
         "ambiguous" => Claim::Ambiguous { openid },
+        "ambiguous_dead" => Claim::AmbiguousDeadLettered,
         _ => Claim::Fresh { openid },
     })
 }
@@ -119,6 +137,16 @@ pub async fn mark_failed(
         .arg(errcode)
         .invoke_async(conn)
         .await?;
+    Ok(())
+}
+
+/// Marks the event dead-lettered as ambiguous (see [`Claim::AmbiguousDeadLettered`]).
+pub async fn mark_ambiguous(
+    conn: &mut impl redis::aio::ConnectionLike,
+    key: &str,
+    replayed: i64,
+) -> redis::RedisResult<()> {
+    let _: i64 = AMBIGUOUS.key(key).arg(replayed).invoke_async(conn).await?;
     Ok(())
 }
 
