@@ -3,83 +3,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
 use wxpush::wechat::mock::{Fault, FaultTarget};
 
-/// `wxpush run` as a child process, its stderr collected line by line.
-struct WorkerProcess {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl WorkerProcess {
-    fn start(config_text: &str) -> WorkerProcess {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("wxpush.toml");
-        std::fs::write(&file, config_text).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wxpush"))
-            .args(["run", "--log-format", "json", "--config"])
-            .arg(&file)
-            .env(SECRET_ENV, SECRET)
-            .env("RUST_LOG", "debug")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        WorkerProcess {
-            child,
-            lines,
-            _dir: dir,
-        }
-    }
-
-    fn log(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    async fn admin_addr(&self) -> String {
-        eventually(
-            "the worker's start line",
-            Duration::from_secs(20),
-            || async {
-                self.log().iter().find_map(|l| {
-                    let v: Value = serde_json::from_str(l).ok()?;
-                    v["admin"].as_str().map(str::to_owned)
-                })
-            },
-        )
-        .await
-    }
-
-    fn terminate(mut self) -> Vec<String> {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "worker exits 0 on SIGTERM: {status:?}");
-        // The reader thread drains what is left once the pipe closes.
-        std::thread::sleep(Duration::from_millis(100));
-        self.log()
-    }
-}
-
-async fn scrape(admin: &str) -> String {
+async fn scrape(admin: std::net::SocketAddr) -> String {
     reqwest::get(format!("http://{admin}/metrics"))
         .await
         .unwrap()
@@ -105,10 +35,10 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 #[tokio::test]
 async fn a_known_run_gives_exact_metrics_and_clean_json_logs() {
     let app = TestApp::start("metrics").await;
-    let text = config_text(&app.prefix, &app.mock.base_url());
-    let worker = WorkerProcess::start(&text);
+    let config = app.config_file();
+    let worker = WorkerProcess::start(config.path(), &[("RUST_LOG", "debug")]);
     let admin = worker.admin_addr().await;
-    await_readyz(admin.parse().unwrap(), 200, Duration::from_secs(20)).await;
+    await_readyz(admin, 200, Duration::from_secs(20)).await;
 
     // 1 transient then ok, 4 ok, 1 permanent (bad openid), 1 malformed, 1 unknown type.
     app.mock
@@ -134,7 +64,7 @@ async fn a_known_run_gives_exact_metrics_and_clean_json_logs() {
     let dead = app.dead_letters(3).await;
     assert_eq!(dead.len(), 3);
     let m = eventually("metrics to settle", Duration::from_secs(20), || async {
-        let m = scrape(&admin).await;
+        let m = scrape(admin).await;
         (metric(&m, "wxpush_dead_letters_total", &[]) == 3.0).then_some(m)
     })
     .await;
@@ -203,7 +133,11 @@ async fn a_known_run_gives_exact_metrics_and_clean_json_logs() {
             .unwrap();
         t
     };
-    let log = worker.terminate();
+    let (status, log) = worker.terminate(Duration::from_secs(20)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "worker exits 0 on SIGTERM: {status:?}"
+    );
     let all = log.join("\n");
     assert!(!all.contains(SECRET), "the app secret appears in the logs");
     assert!(

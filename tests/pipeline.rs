@@ -499,6 +499,40 @@ async fn ambiguous_send_is_dead_lettered_under_on_ambiguous_dead_letter() {
 }
 
 #[tokio::test]
+async fn an_ambiguous_dead_letter_is_never_sent_by_redelivery_only_by_replay() {
+    let app = TestApp::start_with("ambiguous-replay", MockOptions::default(), |c| {
+        c.wechat.timeout = Duration::from_secs(1);
+        c.policy.on_ambiguous = OnAmbiguous::DeadLetter;
+    })
+    .await;
+    let worker = app.worker().await;
+    app.mock.push_faults(FaultTarget::Send, vec![Fault::Hang]);
+    let event = order_paid("hung-3", 3);
+    app.publish(&event).await;
+    assert_eq!(
+        app.dead_letters(1).await[0].class.as_deref(),
+        Some("ambiguous")
+    );
+    // The same message again, as a redelivery would bring it: dead-lettered, not sent.
+    app.publish(&event).await;
+    let again = app.dead_letters(1).await.remove(0);
+    assert_eq!(again.class.as_deref(), Some("ambiguous"));
+    assert_eq!(app.mock.stats().send_calls, 1, "no send for the redelivery");
+    // An operator replays it on purpose: now it is sent.
+    app.publish_raw_with_headers(
+        "order.paid",
+        event.to_string().as_bytes(),
+        &[("x-wxpush-replayed", 1)],
+    )
+    .await;
+    let sends = app.sent(1).await;
+    assert_eq!(sends[0].body["touser"], openid(3));
+    worker.shutdown().await.unwrap();
+    assert_eq!(app.mock.sends().len(), 1);
+    app.cleanup().await;
+}
+
+#[tokio::test]
 async fn ambiguous_send_is_resent_once_under_on_ambiguous_resend() {
     let app = TestApp::start_with("ambiguous-resend", MockOptions::default(), |c| {
         c.wechat.timeout = Duration::from_secs(1);

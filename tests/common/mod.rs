@@ -175,6 +175,28 @@ impl TestApp {
             .expect("publish confirmed");
     }
 
+    /// Publishes with integer headers, e.g. `x-wxpush-replayed` as `wxpush replay` sets it.
+    pub async fn publish_raw_with_headers(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        headers: &[(&str, i64)],
+    ) {
+        let mut table = lapin::types::FieldTable::default();
+        for (name, value) in headers {
+            h::set_i64(&mut table, name, *value);
+        }
+        self.publisher
+            .publish(
+                &self.config.amqp.exchange,
+                routing_key,
+                body,
+                BasicProperties::default().with_headers(table),
+            )
+            .await
+            .expect("publish confirmed");
+    }
+
     pub async fn publish(&self, event: &Value) {
         let kind = event["type"].as_str().unwrap_or("none");
         self.publish_raw(kind, &serde_json::to_vec(event).unwrap())
