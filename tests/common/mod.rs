@@ -103,6 +103,30 @@ phrase2 = "{{status}}"
     )
 }
 
+/// Queues of test, demo and benchmark runs that were not cleaned up (a test that failed
+/// before its cleanup) expire after 15 idle minutes instead of piling up on the broker.
+fn expire_abandoned_run_queues() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "set_policy",
+                "--apply-to",
+                "queues",
+                "--priority",
+                "0",
+                "wxpush-test-runs-expire",
+                "^(t-|wxpush-bench-|wxpush-demo-)",
+                r#"{"expires": 900000}"#,
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    });
+}
+
 pub struct TestApp {
     pub prefix: String,
     pub mock: MockServer,
@@ -123,6 +147,7 @@ impl TestApp {
     ) -> TestApp {
         // SAFETY: every test in the process sets the same value.
         unsafe { std::env::set_var(SECRET_ENV, SECRET) };
+        expire_abandoned_run_queues();
         let prefix = format!(
             "t-{name}-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
