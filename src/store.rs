@@ -1,4 +1,9 @@
-//! The Redis connection pool and the names of every key wxpush writes.
+//! Redis connections and the names of every key wxpush writes.
+//!
+//! Two ways in: the deadpool pool for occasional work (token refreshes, health pings), and
+//! one shared multiplexed [`Shared`] connection for the per-message path: a pool checkout
+//! costs a round trip of its own (deadpool pings a connection before lending it), which
+//! doubled the Redis round trips per message.
 //!
 //! Keys carry a hash tag (`{…}`) per app or event so that everything one script touches
 //! lives in one Redis Cluster slot.
@@ -24,6 +29,46 @@ pub fn connect(config: &RedisConfig) -> anyhow::Result<Pool> {
     });
     cfg.create_pool(Some(Runtime::Tokio1))
         .map_err(|e| anyhow::anyhow!("redis.url {} is not usable: {e}", redact_url(&config.url)))
+}
+
+/// One multiplexed connection shared by every message task: commands from many tasks are
+/// pipelined on it, and it reconnects by itself after Redis restarts. Connected on first
+/// use, so a worker starts while Redis is down.
+#[derive(Clone)]
+pub struct Shared {
+    client: deadpool_redis::redis::Client,
+    manager: std::sync::Arc<tokio::sync::OnceCell<deadpool_redis::redis::aio::ConnectionManager>>,
+}
+
+impl Shared {
+    pub fn new(config: &RedisConfig) -> anyhow::Result<Shared> {
+        let client = deadpool_redis::redis::Client::open(config.url.as_str()).map_err(|e| {
+            anyhow::anyhow!("redis.url {} is not usable: {e}", redact_url(&config.url))
+        })?;
+        Ok(Shared {
+            client,
+            manager: Default::default(),
+        })
+    }
+
+    /// A handle on the shared connection (cheap to clone).
+    pub async fn get(
+        &self,
+    ) -> deadpool_redis::redis::RedisResult<deadpool_redis::redis::aio::ConnectionManager> {
+        use deadpool_redis::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+        let manager = self
+            .manager
+            .get_or_try_init(|| {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(2)))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_secs(1));
+                ConnectionManager::new_with_config(self.client.clone(), config)
+            })
+            .await?;
+        Ok(manager.clone())
+    }
 }
 
 /// Deletes every key under `prefix:` (demo, benchmark and test runs use their own prefix).

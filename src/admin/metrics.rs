@@ -100,6 +100,19 @@ pub fn install() -> metrics_exporter_prometheus::PrometheusHandle {
                 .install_recorder()
                 .expect("the metrics recorder is installed only here, once");
             describe();
+            // Histogram samples accumulate until upkeep folds them in; without it a worker
+            // nobody scrapes grows by ~1 GB a day at 2,000 sends/s. A thread, not a task, so
+            // it outlives whichever runtime installed the recorder.
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
+                })
+                .expect("a thread can be spawned at start-up");
             handle
         })
         .clone()

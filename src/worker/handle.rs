@@ -131,7 +131,7 @@ pub async fn handle(ctx: &Ctx, body: &[u8], headers: &FieldTable) -> Disposition
     };
 
     let key = ctx.keys.event(&event.id);
-    let mut conn = match ctx.pool.get().await {
+    let mut conn = match ctx.redis.get().await {
         Ok(conn) => conn,
         Err(e) => {
             return Disposition::Requeue {
@@ -140,7 +140,7 @@ pub async fn handle(ctx: &Ctx, body: &[u8], headers: &FieldTable) -> Disposition
         }
     };
     let claim = idempotency::claim(
-        &mut *conn,
+        &mut conn,
         &key,
         &ctx.owner,
         ctx.claim_hold,
@@ -173,7 +173,7 @@ pub async fn handle(ctx: &Ctx, body: &[u8], headers: &FieldTable) -> Disposition
             }
             OnAmbiguous::DeadLetter => {
                 metrics::counter!(m::AMBIGUOUS, "action" => "dead_letter").increment(1);
-                if let Err(e) = idempotency::mark_ambiguous(&mut *conn, &key, replayed).await {
+                if let Err(e) = idempotency::mark_ambiguous(&mut conn, &key, replayed).await {
                     return Disposition::Requeue {
                         reason: format!("Redis: {e}"),
                     };
@@ -249,8 +249,8 @@ fn retry_or_dead(ctx: &Ctx, attempts: u32, failure: Failure) -> Disposition {
 
 async fn mark_failed(ctx: &Ctx, key: &str, reason: &str) {
     // Best effort: if Redis is down the claim simply expires, which later reads as ambiguous.
-    if let Ok(mut conn) = ctx.pool.get().await
-        && let Err(e) = idempotency::mark_failed(&mut *conn, key, &ctx.owner, reason).await
+    if let Ok(mut conn) = ctx.redis.get().await
+        && let Err(e) = idempotency::mark_failed(&mut conn, key, &ctx.owner, reason).await
     {
         tracing::warn!(error = %e, "could not record the failure in Redis");
     }
@@ -269,11 +269,11 @@ async fn resolve_js_code(
         .map_err(|e| invalid(e.to_string(), Some(app)))?;
     match ctx.client.jscode2session(appid, secret, code).await {
         Ok(openid) => {
-            let mut conn = ctx.pool.get().await.map_err(|e| Disposition::Requeue {
+            let mut conn = ctx.redis.get().await.map_err(|e| Disposition::Requeue {
                 reason: format!("Redis: {e}"),
             })?;
             // If this fails the code is spent and the openid lost: the event cannot be sent.
-            idempotency::remember_openid(&mut *conn, key, &openid)
+            idempotency::remember_openid(&mut conn, key, &openid)
                 .await
                 .map_err(|e| Disposition::DeadLetter {
                     attempts,
@@ -374,10 +374,10 @@ async fn send(
             Ok(msgid) => {
                 record_send(app, template_id, "ok", 0);
                 ctx.breaker.reset(app);
-                match ctx.pool.get().await {
+                match ctx.redis.get().await {
                     Ok(mut conn) => {
                         if let Err(e) = idempotency::mark_sent(
-                            &mut *conn,
+                            &mut conn,
                             key,
                             msgid,
                             ctx.config.policy.idempotency_ttl,
@@ -426,8 +426,8 @@ async fn send(
                 }
                 OnAmbiguous::DeadLetter => {
                     metrics::counter!(m::AMBIGUOUS, "action" => "dead_letter").increment(1);
-                    let marked = match ctx.pool.get().await {
-                        Ok(mut conn) => idempotency::mark_ambiguous(&mut *conn, key, replayed)
+                    let marked = match ctx.redis.get().await {
+                        Ok(mut conn) => idempotency::mark_ambiguous(&mut conn, key, replayed)
                             .await
                             .map_err(|e| e.to_string()),
                         Err(e) => Err(e.to_string()),

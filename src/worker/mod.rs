@@ -42,7 +42,10 @@ pub struct Ctx {
     pub templates: Templates,
     pub tokens: TokenStore,
     pub client: WechatClient,
+    /// For occasional work: health pings (the token store has its own handle on it).
     pub pool: Pool,
+    /// The per-message path's connection (claims, marks).
+    pub redis: store::Shared,
     pub keys: Keys,
     pub topology: Topology,
     pub breaker: Breaker,
@@ -60,6 +63,7 @@ impl Ctx {
         Ok(Ctx {
             templates: Templates::compile(&config)?,
             keys: Keys::new(&config.redis.key_prefix),
+            redis: store::Shared::new(&config.redis)?,
             topology: Topology::new(&config.amqp, &config.retry),
             claim_hold: handle::claim_hold(&config),
             breaker: Breaker::default(),

@@ -46,7 +46,8 @@ pub async fn settle(
     delivery: &Delivery,
     disposition: &Disposition,
 ) -> &'static str {
-    let original = h::of(&delivery.properties);
+    // Only the outcomes that republish need the headers: a plain ack copies nothing.
+    let original = || h::of(&delivery.properties);
     let republish = |queue: String, headers: FieldTable| {
         let properties: BasicProperties = delivery.properties.clone().with_headers(headers);
         async move {
@@ -77,18 +78,18 @@ pub async fn settle(
                 "retry",
                 republish(
                     tier.queue.clone(),
-                    with_failure(original, *attempts, failure),
+                    with_failure(original(), *attempts, failure),
                 )
                 .await,
             )
         }
         Disposition::Later => {
             let tier = ctx.topology.tier_for_attempt(1, false);
-            ("later", republish(tier.queue.clone(), original).await)
+            ("later", republish(tier.queue.clone(), original()).await)
         }
         Disposition::Park { app } => {
             let tier = ctx.topology.tier_at_least(PROBE_EVERY);
-            let mut headers = original;
+            let mut headers = original();
             let parked = h::get_i64(&headers, h::PARKED).unwrap_or(0) + 1;
             h::set_i64(&mut headers, h::PARKED, parked);
             h::set_str(&mut headers, h::APP, app);
@@ -97,7 +98,7 @@ pub async fn settle(
         Disposition::DeadLetter { attempts, failure } => {
             metrics::counter!(m::DEAD_LETTERS, "reason" => failure.class).increment(1);
             tracing::warn!(attempts, class = failure.class, errcode = failure.errcode.map_or_else(String::new, |c| c.to_string()), errmsg = %failure.errmsg, "dead-lettered");
-            let mut headers = with_failure(original, *attempts, failure);
+            let mut headers = with_failure(original(), *attempts, failure);
             h::set_str(&mut headers, h::DEAD_AT, &now_rfc3339());
             (
                 "dead_letter",

@@ -1,0 +1,414 @@
+//! `wxpush bench`: a capacity benchmark on the local RabbitMQ and Redis against the WeChat
+//! emulator.
+//!
+//! Two modes:
+//! - **bulk** (default): publishes `--events` events (confirmed), then starts the workers on
+//!   the full queue and times the drain: sends/s from the first send WeChat accepted to the
+//!   last, and from the start of publishing until everything was delivered;
+//! - **steady** (`--rate 1000/s`): starts the workers first (warmed up by a few events), then
+//!   publishes at a fixed rate, for the latency a message sees under that load.
+//!
+//! Each event carries a sequence number in `data.order_no` (`<run tag>-<n>`); the emulator
+//! records the rendered message with the time it accepted it, so end-to-end latency is that
+//! time minus the publish time the bench noted for `n`. Workers run in-process (`--workers`)
+//! or as `wxpush run` processes (`--processes`), each with the config file the bench writes
+//! to a temp dir and the app secret in a file. Everything lives under its own names
+//! (`wxpush-bench-<tag>.*` queues, `wxpush-bench-<tag>:` keys) and is deleted afterwards.
+
+mod baseline;
+mod emulator;
+mod load;
+mod probe;
+mod report;
+mod workers;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::QueueDeleteOptions;
+
+use super::{CliError, CliResult, progress};
+use crate::broker::publish::Publisher;
+use crate::broker::{self, topology::Topology};
+use crate::config::{self, Config};
+use crate::template::Templates;
+use emulator::Emulator;
+use report::Report;
+use workers::Workers;
+
+pub(crate) const BENCH_APPID: &str = "wxbe0c4000000000aa";
+const BENCH_SECRET: &str = "bench-secret-not-real";
+/// The event type the bench publishes; the config must map it.
+pub(crate) const EVENT_TYPE: &str = "order.paid";
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Events to deliver
+    #[arg(long, default_value_t = 20_000)]
+    pub events: usize,
+    /// In-process workers, each with its own AMQP connection, Redis pool and HTTP client
+    #[arg(long, default_value_t = 1, conflicts_with = "processes")]
+    pub workers: usize,
+    /// Run N `wxpush run` OS processes instead of in-process workers
+    #[arg(long, value_name = "N")]
+    pub processes: Option<usize>,
+    /// amqp.prefetch of each worker: its messages in flight
+    #[arg(long, default_value_t = 256)]
+    pub prefetch: u16,
+    /// Latency the emulator adds to every WeChat call [default: 0, or as the --mock-url
+    /// emulator is]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub latency: Option<Duration>,
+    /// Use a running `wxpush mock-wechat` (e.g. http://127.0.0.1:8088) instead of an
+    /// in-process emulator
+    #[arg(long, value_name = "URL")]
+    pub mock_url: Option<String>,
+    /// Also time a plain consume-and-ack loop with the same prefetch and messages: the ceiling
+    #[arg(long)]
+    pub baseline: bool,
+    /// Steady mode: publish at this rate (`1000/s`, `60000/min`) to already running workers
+    #[arg(long, value_parser = parse_rate, value_name = "N/s")]
+    pub rate: Option<f64>,
+    /// Publisher confirms outstanding at once
+    #[arg(long, default_value_t = 512)]
+    pub publish_window: usize,
+    /// Also write the report to FILE as JSON
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Give up when nothing was delivered for this long
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub stall_timeout: Duration,
+    /// Keep the bench's queues, Redis keys and temp dir afterwards
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// `1000/s`, `1000`, `60000/min`, `1000/sec` → events per second.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let (number, per) = s.split_once('/').unwrap_or((s, "s"));
+    let seconds = match per.trim() {
+        "s" | "sec" | "second" => 1.0,
+        "m" | "min" | "minute" => 60.0,
+        other => return Err(format!("unknown unit `/{other}`: use N/s or N/min")),
+    };
+    let n: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{number}` is not a number"))?;
+    if !(n.is_finite() && n > 0.0) {
+        return Err("the rate must be above 0".into());
+    }
+    Ok(n / seconds)
+}
+
+/// What one run is made of, fixed before it starts.
+pub(crate) struct Plan {
+    pub args: BenchArgs,
+    pub tag: String,
+    pub prefix: String,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub config: Config,
+}
+
+impl Plan {
+    pub fn worker_count(&self) -> usize {
+        self.args.processes.unwrap_or(self.args.workers)
+    }
+}
+
+pub async fn run(file: Option<&Path>, args: BenchArgs) -> CliResult {
+    if args.events == 0 || args.workers == 0 || args.processes == Some(0) || args.prefetch == 0 {
+        return Err(CliError::Usage(
+            "--events, --workers, --processes and --prefetch must be at least 1".into(),
+        ));
+    }
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let prefix = format!("wxpush-bench-{tag}");
+    let dir = std::env::temp_dir().join(&prefix);
+    let secret_file = dir.join("secret");
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&secret_file, BENCH_SECRET))
+        .map_err(|e| anyhow::anyhow!("cannot write under {}: {e}", dir.display()))?;
+
+    let record = args.events + load::warmup_count(&args);
+    let keep = args.keep;
+    let json = args.json.clone();
+    let emulator = match Emulator::start(args.mock_url.as_deref(), args.latency, record).await {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e.into());
+        }
+    };
+    let outcome = prepare_and_measure(file, args, tag, prefix, &dir, &secret_file, &emulator).await;
+    emulator.shutdown().await;
+    if keep || outcome.is_err() {
+        eprintln!("the run's config and worker logs are in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let report = outcome?;
+    report.print();
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?;
+        std::fs::write(&path, text + "\n")
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        println!("report written to {}", path.display());
+    }
+    Ok(())
+}
+
+async fn prepare_and_measure(
+    file: Option<&Path>,
+    args: BenchArgs,
+    tag: String,
+    prefix: String,
+    dir: &Path,
+    secret_file: &Path,
+    emulator: &Emulator,
+) -> anyhow::Result<Report> {
+    emulator.register_app(BENCH_APPID, BENCH_SECRET).await?;
+    let config_path = dir.join("wxpush.toml");
+    let config = write_config(
+        file,
+        &config_path,
+        &prefix,
+        &emulator.base_url(),
+        secret_file,
+        args.prefetch,
+    )?;
+    let plan = Plan {
+        args,
+        tag,
+        prefix,
+        dir: dir.to_path_buf(),
+        config_path,
+        config,
+    };
+    let result = measure(&plan, emulator).await;
+    if plan.args.keep {
+        eprintln!("kept queues {0}.* and Redis keys {0}:*", plan.prefix);
+    } else {
+        cleanup(&plan).await;
+    }
+    result
+}
+
+/// Writes the config the workers use: the given file (or the example) with the bench's own
+/// queue names, key prefix, emulator, app and prefetch. Returns it as loaded and checked.
+fn write_config(
+    file: Option<&Path>,
+    path: &Path,
+    prefix: &str,
+    api_base: &str,
+    secret_file: &Path,
+    prefetch: u16,
+) -> anyhow::Result<Config> {
+    use toml::{Table, Value};
+    let text = match file {
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?,
+        None => include_str!("../../examples/wxpush.toml").to_owned(),
+    };
+    let mut root: Table = text.parse().map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e}",
+            file.map_or("examples/wxpush.toml".into(), |f| f.display().to_string())
+        )
+    })?;
+    fn section<'a>(root: &'a mut Table, name: &str) -> &'a mut Table {
+        let entry = root
+            .entry(name)
+            .or_insert_with(|| Value::Table(Table::new()));
+        if !entry.is_table() {
+            *entry = Value::Table(Table::new());
+        }
+        entry.as_table_mut().expect("a table")
+    }
+    let amqp = section(&mut root, "amqp");
+    amqp.insert("exchange".into(), format!("{prefix}.events").into());
+    amqp.insert("queue".into(), format!("{prefix}.events").into());
+    amqp.insert("dead_letter_queue".into(), format!("{prefix}.dead").into());
+    amqp.insert("prefetch".into(), i64::from(prefetch).into());
+    amqp.remove("bindings");
+    section(&mut root, "redis").insert("key_prefix".into(), prefix.into());
+    section(&mut root, "wechat").insert("api_base".into(), api_base.into());
+    section(&mut root, "admin").insert("listen".into(), "127.0.0.1:0".into());
+    let apps = section(&mut root, "apps");
+    if apps.is_empty() {
+        apps.insert("default".into(), Value::Table(Table::new()));
+    }
+    for (_, app) in apps.iter_mut() {
+        if let Some(app) = app.as_table_mut() {
+            app.insert("appid".into(), BENCH_APPID.into());
+            app.remove("secret_env");
+            app.insert(
+                "secret_file".into(),
+                secret_file.display().to_string().into(),
+            );
+        }
+    }
+    let text = format!(
+        "# Written by `wxpush bench` for this run only.\n{}",
+        toml::to_string(&root)?
+    );
+    std::fs::write(path, text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let config = config::load(path)?.config;
+    let templates = Templates::compile(&config)?;
+    if templates.get(EVENT_TYPE).is_none() {
+        anyhow::bail!(
+            "the bench publishes `{EVENT_TYPE}` events: the config needs a [[templates]] entry for it"
+        );
+    }
+    Ok(config)
+}
+
+/// The run itself; the caller cleans up whatever happens here.
+async fn measure(plan: &Plan, emulator: &Emulator) -> anyhow::Result<Report> {
+    let args = &plan.args;
+    let config = &plan.config;
+    let connection = broker::connect(&config.amqp.url, "bench").await?;
+    let publisher = Publisher::open(&connection).await?;
+    Topology::new(&config.amqp, &config.retry)
+        .declare(publisher.channel())
+        .await?;
+    let monitor = connection.create_channel().await?;
+    let events = Arc::new(load::events(&plan.tag, "", args.events));
+    let mut report = Report::new(plan, emulator);
+    let mut redis = probe::Redis::connect(&config.redis.url).await?;
+    report.machine.redis_version = redis.version().await;
+    report.machine.loadavg_start = probe::loadavg();
+
+    if args.baseline {
+        report.set_baseline(baseline::run(plan, &events).await?);
+    }
+
+    let stats_before = emulator.stats().await?;
+    let publish = |events: Arc<Vec<_>>, rate: Option<f64>, what: &'static str| {
+        let (publisher, exchange) = (publisher.clone(), config.amqp.exchange.clone());
+        let window = args.publish_window;
+        async move {
+            let bar = progress::bar(events.len() as u64, what);
+            load::publish(&publisher, &exchange, None, events, window, rate, &bar).await
+        }
+    };
+    let (workers, published, done, redis_before, cpu_before, others_before) =
+        if let Some(rate) = args.rate {
+            let mut workers = Workers::start(plan).await?;
+            probe::wait_for_consumers(
+                &monitor,
+                &config.amqp.queue,
+                plan.worker_count(),
+                &mut workers,
+            )
+            .await?;
+            // Warm-up (tokens, HTTP and Redis connections), not measured.
+            let warm = Arc::new(load::events(&plan.tag, "w", load::warmup_count(args)));
+            publish(warm.clone(), None, "warming up").await?;
+            let target = stats_before.sends_ok + warm.len() as u64;
+            probe::wait_until(Duration::from_secs(60), "the warm-up events", async || {
+                Ok(emulator.stats().await?.sends_ok >= target)
+            })
+            .await?;
+            let base = emulator.stats().await?.sends_ok;
+            let redis_before = redis.commandstats().await?;
+            let others_before = (redis.cpu().await, probe::broker_cpu());
+            let cpu_before = workers.cpu();
+            let task = tokio::spawn(publish(events.clone(), Some(rate), "publishing"));
+            let done = probe::wait_done(plan, emulator, &monitor, &mut workers, base).await;
+            let published = task.await??;
+            (
+                workers,
+                published,
+                done?,
+                redis_before,
+                cpu_before,
+                others_before,
+            )
+        } else {
+            let redis_before = redis.commandstats().await?;
+            let published = publish(events.clone(), None, "publishing").await?;
+            let others_before = (redis.cpu().await, probe::broker_cpu());
+            let cpu_before = match args.processes {
+                Some(_) => probe::Cpu {
+                    total_s: 0.0,
+                    emulator_s: probe::own_cpu().emulator_s,
+                    switches: 0,
+                },
+                None => probe::own_cpu(),
+            };
+            let mut workers = Workers::start(plan).await?;
+            let base = stats_before.sends_ok;
+            let done = probe::wait_done(plan, emulator, &monitor, &mut workers, base).await?;
+            (
+                workers,
+                published,
+                done,
+                redis_before,
+                cpu_before,
+                others_before,
+            )
+        };
+    let cpu_after = workers.cpu();
+    let others_after = (redis.cpu().await, probe::broker_cpu());
+    report.set_resources(workers.memory(), cpu_before, cpu_after, args.events);
+    report.set_other_cpu(others_before, others_after);
+    workers.stop().await?;
+    let redis_after = redis.commandstats().await?;
+    report.set_redis(&redis_before, &redis_after);
+    report.set_emulator(&stats_before, &emulator.stats().await?);
+    let sends = emulator.sends().await?;
+    report.set_outcome(&plan.tag, &published, &done, &sends);
+    report.machine.loadavg_end = probe::loadavg();
+    let _ = connection.close(200, "bench done".into()).await;
+    Ok(report)
+}
+
+/// Deletes the bench's queues, exchange and Redis keys.
+async fn cleanup(plan: &Plan) {
+    let config = &plan.config;
+    let topology = Topology::new(&config.amqp, &config.retry);
+    if let Ok(connection) = broker::connect(&config.amqp.url, "bench cleanup").await
+        && let Ok(channel) = connection.create_channel().await
+    {
+        let queues = [
+            topology.queue.clone(),
+            topology.dead_letter_queue.clone(),
+            baseline::queue_name(plan),
+        ]
+        .into_iter()
+        .chain(topology.tiers.iter().map(|t| t.queue.clone()));
+        for queue in queues {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = channel
+            .exchange_delete(topology.exchange.as_str().into(), Default::default())
+            .await;
+        let _ = connection.close(200, "bench cleanup done".into()).await;
+    }
+    if let Err(e) = probe::delete_keys(&config.redis.url, &config.redis.key_prefix).await {
+        eprintln!(
+            "warning: could not delete Redis keys {}:*: {e}",
+            config.redis.key_prefix
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(parse_rate("1000/s"), Ok(1000.0));
+        assert_eq!(parse_rate("250"), Ok(250.0));
+        assert_eq!(parse_rate("60000/min"), Ok(1000.0));
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("5/h").is_err());
+    }
+}
