@@ -6,6 +6,7 @@
 //! it breaks (or Redis does) the session ends, unacked messages return to the queue, and
 //! the supervisor starts a new one after a jittered backoff.
 
+pub mod acker;
 pub mod breaker;
 pub mod handle;
 pub mod idempotency;
@@ -34,6 +35,7 @@ use crate::store::{self, Keys};
 use crate::template::Templates;
 use crate::token::TokenStore;
 use crate::wechat::client::WechatClient;
+use acker::Acker;
 use breaker::Breaker;
 
 /// Everything a message handler needs, shared by all tasks.
@@ -256,6 +258,7 @@ async fn session(ctx: &Arc<Ctx>, stop: &CancellationToken) -> anyhow::Result<Ses
     tracing::info!(queue = %amqp.queue, "consuming");
 
     let tracker = TaskTracker::new();
+    let (acker, acks_flushed) = Acker::spawn(channel.clone());
     let redis_down = CancellationToken::new();
     // An idle worker must notice a Redis outage too (for /readyz, and to stop consuming).
     let mut redis_check = tokio::time::interval(REDIS_CHECK_EVERY);
@@ -271,7 +274,7 @@ async fn session(ctx: &Arc<Ctx>, stop: &CancellationToken) -> anyhow::Result<Ses
             }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    tracker.spawn(process(ctx.clone(), publisher.clone(), delivery, redis_down.clone()));
+                    tracker.spawn(process(ctx.clone(), publisher.clone(), acker.clone(), delivery, redis_down.clone()));
                 }
                 Some(Err(e)) => break Err(anyhow::anyhow!("consumer failed: {e}")),
                 None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
@@ -293,6 +296,9 @@ async fn session(ctx: &Arc<Ctx>, stop: &CancellationToken) -> anyhow::Result<Ses
             "in-flight messages did not finish in time; they go back to the queue unacked"
         );
     }
+    // The last acks go out before the connection closes.
+    drop(acker);
+    acks_flushed.finish().await;
     ctx.health.set(&ctx.health.amqp, false);
     publisher.close().await;
     // Closing the connection returns every unacked message to the queue.
@@ -305,6 +311,7 @@ async fn session(ctx: &Arc<Ctx>, stop: &CancellationToken) -> anyhow::Result<Ses
 async fn process(
     ctx: Arc<Ctx>,
     publisher: Publisher,
+    acker: Acker,
     delivery: Delivery,
     redis_down: CancellationToken,
 ) {
@@ -321,7 +328,7 @@ async fn process(
         if matches!(disposition, handle::Disposition::Requeue { .. }) {
             redis_down.cancel();
         }
-        let outcome = settle::settle(&ctx, &publisher, &delivery, &disposition).await;
+        let outcome = settle::settle(&ctx, &publisher, &acker, &delivery, &disposition).await;
         tracing::debug!(outcome, "settled");
     }
     .instrument(span)

@@ -1,15 +1,16 @@
 //! Carrying out a [`Disposition`]: ack, or first publish the retry / dead letter and ack only
-//! once the broker confirmed it. If that publish fails, the message is handed back
+//! once the broker confirmed it (acks go out in batches, see `acker.rs`). If that publish fails, the message is handed back
 //! (nack + requeue), never lost.
 
 use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::BasicNackOptions;
 use lapin::types::FieldTable;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::Ctx;
+use super::acker::Acker;
 use super::handle::{Disposition, Failure};
 use crate::admin::metrics as m;
 use crate::broker::headers as h;
@@ -43,6 +44,7 @@ fn with_failure(mut headers: FieldTable, attempts: u32, failure: &Failure) -> Fi
 pub async fn settle(
     ctx: &Ctx,
     publisher: &Publisher,
+    acker: &Acker,
     delivery: &Delivery,
     disposition: &Disposition,
 ) -> &'static str {
@@ -62,12 +64,7 @@ pub async fn settle(
         Disposition::Dropped => ("dropped", Ok(())),
         Disposition::Requeue { reason } => {
             tracing::warn!(reason = %reason, "handing the message back to the queue");
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
-                .await;
+            nack(acker, delivery).await;
             return "requeued";
         }
         Disposition::Retry { attempts, failure } => {
@@ -108,21 +105,23 @@ pub async fn settle(
     };
     match published {
         Ok(()) => {
-            if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-                // The channel is gone: the broker redelivers, idempotency makes that harmless.
-                tracing::warn!(error = %e, "ack failed; the message will be redelivered");
-            }
+            acker.ack(delivery.delivery_tag);
             label
         }
         Err(e) => {
             tracing::warn!(error = %e, outcome = label, "could not publish the message's next step; handing it back");
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
-                .await;
+            nack(acker, delivery).await;
             "requeued"
         }
     }
+}
+
+/// Hands the message back to the queue at once, and tells the acker its tag is settled.
+async fn nack(acker: &Acker, delivery: &Delivery) {
+    let options = BasicNackOptions {
+        requeue: true,
+        multiple: false,
+    };
+    let _ = delivery.nack(options).await;
+    acker.nacked(delivery.delivery_tag);
 }
