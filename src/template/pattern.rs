@@ -50,6 +50,14 @@ impl std::error::Error for PatternError {}
 
 impl Pattern {
     /// Parses a pattern, naming the first problem found.
+    ///
+    /// ```
+    /// use wxpush::template::pattern::Pattern;
+    ///
+    /// let p = Pattern::parse("Order {order.no} paid at {paid_at|time}").unwrap();
+    /// assert_eq!(p.fields().collect::<Vec<_>>(), ["order.no", "paid_at"]);
+    /// assert!(Pattern::parse("{paid_at|bogus}").is_err());
+    /// ```
     pub fn parse(text: &str) -> Result<Pattern, PatternError> {
         let mut segments = Vec::new();
         let mut literal = String::new();

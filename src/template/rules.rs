@@ -68,6 +68,16 @@ const NAMES: &[(&str, KeyType)] = &[
 
 impl KeyType {
     /// The type of a data key such as `thing4`, or `None` when WeChat has no such type.
+    ///
+    /// ```
+    /// use wxpush::template::rules::KeyType;
+    ///
+    /// let kind = KeyType::of_key("thing4").unwrap();
+    /// assert_eq!(kind, KeyType::Thing);
+    /// assert!(kind.check("订单已支付").is_ok());
+    /// assert_eq!(kind.truncate(&"长".repeat(25)).chars().count(), 20);
+    /// assert_eq!(KeyType::of_key("colour2"), None);
+    /// ```
     pub fn of_key(key: &str) -> Option<KeyType> {
         let base = key.trim_end_matches(|c: char| c.is_ascii_digit());
         NAMES

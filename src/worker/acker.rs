@@ -2,7 +2,8 @@
 //!
 //! Messages finish out of order, so a multiple-ack may only cover tags below which *every*
 //! delivery is settled. Each task reports its tag here once its outcome is durable (sent, or
-//! its retry / dead letter confirmed), or once it was nacked. Every `FLUSH_EVERY`, or when
+//! its retry confirmed), or once it was acked or nacked on its own (dead letters are acked at
+//! once). Every `FLUSH_EVERY`, or when
 //! `FLUSH_AT` acks wait, the acker acks up to the highest ready tag of the contiguous settled
 //! run. An ack still follows the durable outcome; it only leaves a few milliseconds later, and
 //! if the channel dies first the broker redelivers, which idempotency makes harmless.
@@ -22,8 +23,8 @@ const FLUSH_AT: usize = 64;
 enum Settled {
     /// Ready to be acked.
     Ack,
-    /// Nacked already (requeued): it only closes the gap.
-    Nacked,
+    /// Acked or nacked on its own already: it only closes the gap.
+    Elsewhere,
 }
 
 /// The sending side, cloned into every message task.
@@ -46,8 +47,9 @@ impl Acker {
         let _ = self.tx.send((tag, Settled::Ack));
     }
 
-    pub fn nacked(&self, tag: u64) {
-        let _ = self.tx.send((tag, Settled::Nacked));
+    /// The delivery was acked or nacked on its own: it only closes the gap.
+    pub fn settled_elsewhere(&self, tag: u64) {
+        let _ = self.tx.send((tag, Settled::Elsewhere));
     }
 }
 
@@ -148,10 +150,18 @@ mod tests {
         w.insert(1, Settled::Ack);
         assert_eq!(w.advance(), Some(3));
         w.insert(5, Settled::Ack);
-        w.insert(4, Settled::Nacked);
-        assert_eq!(w.advance(), Some(5), "a nacked tag closes the gap");
-        w.insert(6, Settled::Nacked);
-        assert_eq!(w.advance(), None, "never multiple-ack up to a nacked tag");
+        w.insert(4, Settled::Elsewhere);
+        assert_eq!(
+            w.advance(),
+            Some(5),
+            "a tag settled elsewhere closes the gap"
+        );
+        w.insert(6, Settled::Elsewhere);
+        assert_eq!(
+            w.advance(),
+            None,
+            "never multiple-ack up to a tag settled elsewhere"
+        );
         assert_eq!(w.covered, 6);
         assert_eq!(w.waiting_acks, 0);
     }

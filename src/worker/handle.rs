@@ -154,7 +154,7 @@ pub async fn handle(ctx: &Ctx, body: &[u8], headers: &FieldTable) -> Disposition
                 reason: format!("Redis: {e}"),
             };
         }
-        Ok(Claim::AlreadySent) => {
+        Ok(Claim::AlreadySent | Claim::AlreadyDead) => {
             metrics::counter!(m::DUPLICATES_SKIPPED).increment(1);
             return Disposition::Duplicate;
         }

@@ -1,9 +1,18 @@
 //! Never sending an event twice: each event id has a small hash in Redis.
 //!
-//! `state` is `claimed` (a worker is sending it, until `deadline_ms`), `sent` (WeChat
-//! accepted it; terminal), or `failed` (a definite refusal or a definite transport failure;
-//! the next attempt may claim it again). The hash also remembers the openid a `js_code`
-//! was exchanged for, so a retry never spends the single-use code twice.
+//! `state` is one of:
+//! - `claimed`: a worker is sending it, until `deadline_ms`;
+//! - `sent`: WeChat accepted it (terminal);
+//! - `failed`: a definite refusal or transport failure; the next attempt may claim it again;
+//! - `ambiguous`: to be dead-lettered as such under `on_ambiguous = "dead_letter"`; a
+//!   redelivery is dead-lettered, never sent;
+//! - `dead`: its dead letter was confirmed; a redelivery (a crash between the confirm and
+//!   the ack) is acked without a second dead letter.
+//!
+//! `ambiguous` and `dead` are terminal until an operator replays the message: a replay raises
+//! `x-wxpush-replayed` above the count recorded with the state, and the event starts over.
+//! The hash also remembers the openid a `js_code` was exchanged for, so a retry never spends
+//! the single-use code twice.
 //!
 //! A claim that expired without an answer means its worker died, or lost its connection,
 //! in the middle: WeChat may have accepted the send. That is *ambiguous*, and the caller
@@ -23,9 +32,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local state = redis.call('HGET', KEYS[1], 'state')
 local openid = redis.call('HGET', KEYS[1], 'openid') or ''
 if state == 'sent' then return {'sent', openid} end
-if state == 'ambiguous' and tonumber(ARGV[4]) <= tonumber(redis.call('HGET', KEYS[1], 'replayed') or '0') then
-  return {'ambiguous_dead', openid}
-end
+local replayed = tonumber(redis.call('HGET', KEYS[1], 'replayed') or '0')
+if state == 'dead' and tonumber(ARGV[4]) <= replayed then return {'dead', openid} end
+if state == 'ambiguous' and tonumber(ARGV[4]) <= replayed then return {'ambiguous_dead', openid} end
 local answer = 'claimed'
 if state == 'claimed' then
   local deadline = tonumber(redis.call('HGET', KEYS[1], 'deadline_ms') or '0')
@@ -44,6 +53,16 @@ static AMBIGUOUS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('HGET', KEYS[1], 'state') == 'sent' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'ambiguous', 'replayed', ARGV[1])
+return 1",
+    )
+});
+
+/// Records that the event's dead letter is confirmed (terminal unless replayed).
+static DEAD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('HGET', KEYS[1], 'state') == 'sent' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'dead', 'replayed', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1",
     )
 });
@@ -69,8 +88,11 @@ pub enum Claim {
     Busy,
     /// A previous claim expired without an answer; ours now, but it may have been sent.
     Ambiguous { openid: Option<String> },
-    /// Already dead-lettered as ambiguous (and not replayed since): dead-letter it again.
+    /// Marked ambiguous but its dead letter not confirmed (and not replayed since):
+    /// dead-letter it, never send it.
     AmbiguousDeadLettered,
+    /// Its dead letter was confirmed (and it was not replayed since): ack, nothing more.
+    AlreadyDead,
 }
 
 /// Claims the event for `owner` for at most `hold` (then it is ambiguous); the record
@@ -97,6 +119,7 @@ pub async fn claim(
         "busy" => Claim::Busy,
         "ambiguous" => Claim::Ambiguous { openid },
         "ambiguous_dead" => Claim::AmbiguousDeadLettered,
+        "dead" => Claim::AlreadyDead,
         _ => Claim::Fresh { openid },
     })
 }
@@ -147,6 +170,22 @@ pub async fn mark_ambiguous(
     replayed: i64,
 ) -> redis::RedisResult<()> {
     let _: i64 = AMBIGUOUS.key(key).arg(replayed).invoke_async(conn).await?;
+    Ok(())
+}
+
+/// Marks the event's dead letter confirmed (see [`Claim::AlreadyDead`]).
+pub async fn mark_dead(
+    conn: &mut impl redis::aio::ConnectionLike,
+    key: &str,
+    replayed: i64,
+    ttl: Duration,
+) -> redis::RedisResult<()> {
+    let _: i64 = DEAD
+        .key(key)
+        .arg(replayed)
+        .arg(ttl.as_millis() as u64)
+        .invoke_async(conn)
+        .await?;
     Ok(())
 }
 

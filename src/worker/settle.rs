@@ -4,7 +4,7 @@
 
 use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::options::BasicNackOptions;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::FieldTable;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -12,6 +12,7 @@ use time::format_description::well_known::Rfc3339;
 use super::Ctx;
 use super::acker::Acker;
 use super::handle::{Disposition, Failure};
+use super::idempotency;
 use crate::admin::metrics as m;
 use crate::broker::headers as h;
 use crate::broker::publish::Publisher;
@@ -104,6 +105,14 @@ pub async fn settle(
         }
     };
     match published {
+        Ok(()) if matches!(disposition, Disposition::DeadLetter { .. }) => {
+            record_dead(ctx, delivery).await;
+            // Acked at once, not batched: between a confirmed dead letter and its ack, a
+            // crash would bring the message back.
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+            acker.settled_elsewhere(delivery.delivery_tag);
+            label
+        }
         Ok(()) => {
             acker.ack(delivery.delivery_tag);
             label
@@ -116,6 +125,22 @@ pub async fn settle(
     }
 }
 
+/// Records in the event's idempotency state that its dead letter is confirmed, so a
+/// redelivery is acked instead of dead-lettered a second time. Best effort: events without
+/// a readable id have no state, and a Redis failure only leaves that small window open.
+async fn record_dead(ctx: &Ctx, delivery: &Delivery) {
+    let (Some(id), _) = crate::event::peek_id_and_type(&delivery.data) else {
+        return;
+    };
+    let replayed = h::get_i64(&h::of(&delivery.properties), h::REPLAYED).unwrap_or(0);
+    let ttl = ctx.config.policy.idempotency_ttl;
+    if let Ok(mut conn) = ctx.redis.get().await
+        && let Err(e) = idempotency::mark_dead(&mut conn, &ctx.keys.event(&id), replayed, ttl).await
+    {
+        tracing::warn!(error = %e, "dead letter confirmed, but not recorded in Redis");
+    }
+}
+
 /// Hands the message back to the queue at once, and tells the acker its tag is settled.
 async fn nack(acker: &Acker, delivery: &Delivery) {
     let options = BasicNackOptions {
@@ -123,5 +148,5 @@ async fn nack(acker: &Acker, delivery: &Delivery) {
         multiple: false,
     };
     let _ = delivery.nack(options).await;
-    acker.nacked(delivery.delivery_tag);
+    acker.settled_elsewhere(delivery.delivery_tag);
 }
