@@ -551,67 +551,6 @@ async fn worker_connections(pids: &[u32]) -> Vec<String> {
         .collect()
 }
 
-fn redis_up() -> bool {
-    std::process::Command::new("redis-cli")
-        .arg("ping")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
-}
-
-fn start_redis() {
-    let _ = std::process::Command::new("redis-server")
-        .args([
-            "--daemonize",
-            "yes",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "6379",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .status();
-}
-
-/// Brings Redis back when dropped, whatever happened to the test.
-struct RedisComesBack;
-
-impl RedisComesBack {
-    fn stop_redis() -> RedisComesBack {
-        let guard = RedisComesBack;
-        let _ = std::process::Command::new("redis-cli")
-            .args(["shutdown", "nosave"])
-            .output();
-        guard
-    }
-
-    async fn restart(&self) {
-        start_redis();
-        eventually("redis-cli ping: PONG", Duration::from_secs(30), || async {
-            redis_up().then_some(())
-        })
-        .await;
-    }
-}
-
-impl Drop for RedisComesBack {
-    fn drop(&mut self) {
-        if redis_up() {
-            return;
-        }
-        start_redis();
-        for _ in 0..500 {
-            if redis_up() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("Redis did not come back after the test");
-    }
-}
-
 async fn sleep_until(start: Instant, at: Duration) {
     tokio::time::sleep_until((start + at).into()).await;
 }

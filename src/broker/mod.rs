@@ -5,7 +5,9 @@ pub mod headers;
 pub mod publish;
 pub mod topology;
 
-use lapin::{Connection, ConnectionProperties};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, Queue};
 
 use crate::config::redact_url;
 
@@ -19,4 +21,16 @@ pub async fn connect(url: &str, purpose: &str) -> anyhow::Result<Connection> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("cannot connect to RabbitMQ at {}: {e}", redact_url(url)))
+}
+
+/// Looks at a queue without creating it (a passive declare): its ready-message and consumer
+/// counts, or a 404 error if it does not exist (which closes the channel).
+pub async fn inspect_queue(channel: &Channel, queue: &str) -> Result<Queue, lapin::Error> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
 }

@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use lapin::message::Delivery;
-use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::options::BasicGetOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ErrorKind};
 use serde_json::{Map, Value, json};
@@ -175,16 +175,7 @@ pub fn warn_if_quorum(config: &Config) {
 /// the number of ready messages in it.
 pub async fn open_queue(connection: &Connection, queue: &str) -> anyhow::Result<(Channel, u32)> {
     let channel = connection.create_channel().await?;
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
+    let declared = crate::broker::inspect_queue(&channel, queue).await;
     match declared {
         Ok(q) => Ok((channel, q.message_count())),
         Err(e) if is_not_found(&e) => Err(anyhow::anyhow!(

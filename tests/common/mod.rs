@@ -273,18 +273,10 @@ impl TestApp {
     /// Messages in a queue right now (ready, not unacked).
     pub async fn queue_len(&self, queue: &str) -> u32 {
         let channel = self.connection.create_channel().await.unwrap();
-        let q = channel
-            .queue_declare(
-                queue.into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
+        wxpush::broker::inspect_queue(&channel, queue)
             .await
-            .unwrap();
-        q.message_count()
+            .unwrap()
+            .message_count()
     }
 
     /// The retry tier queues of this app's topology.
@@ -819,5 +811,72 @@ impl Drop for WorkerProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+// ----- Redis restarts, for the tests that break things on purpose -----
+
+/// Whether the local Redis answers PING.
+pub fn redis_up() -> bool {
+    std::process::Command::new("redis-cli")
+        .arg("ping")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
+}
+
+/// Starts the local Redis with the machine's command (nothing kept on disk).
+pub fn start_redis() {
+    let _ = std::process::Command::new("redis-server")
+        .args([
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "6379",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .status();
+}
+
+/// Brings Redis back when dropped, whatever happened to the test.
+pub struct RedisComesBack;
+
+impl RedisComesBack {
+    /// Stops the local Redis; it comes back when the guard is dropped, if not before.
+    pub fn stop_redis() -> RedisComesBack {
+        let guard = RedisComesBack;
+        let _ = std::process::Command::new("redis-cli")
+            .args(["shutdown", "nosave"])
+            .output();
+        guard
+    }
+
+    /// Starts Redis again and waits until it answers.
+    pub async fn restart(&self) {
+        start_redis();
+        eventually("redis-cli ping: PONG", Duration::from_secs(30), || async {
+            redis_up().then_some(())
+        })
+        .await;
+    }
+}
+
+impl Drop for RedisComesBack {
+    fn drop(&mut self) {
+        if redis_up() {
+            return;
+        }
+        start_redis();
+        for _ in 0..500 {
+            if redis_up() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("Redis did not come back after the test");
     }
 }

@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 
 use deadpool_redis::redis::{self, AsyncCommands, aio::MultiplexedConnection};
 use lapin::Channel;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 
 use super::Plan;
 use super::emulator::{self, Emulator};
@@ -226,16 +224,7 @@ pub async fn delete_keys(url: &str, prefix: &str) -> anyhow::Result<()> {
 }
 
 async fn queue_counts(channel: &Channel, queue: &str) -> anyhow::Result<(u32, u32)> {
-    let q = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let q = crate::broker::inspect_queue(channel, queue).await?;
     Ok((q.message_count(), q.consumer_count()))
 }
 
