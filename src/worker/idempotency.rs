@@ -32,9 +32,11 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local state = redis.call('HGET', KEYS[1], 'state')
 local openid = redis.call('HGET', KEYS[1], 'openid') or ''
 if state == 'sent' then return {'sent', openid} end
-local replayed = tonumber(redis.call('HGET', KEYS[1], 'replayed') or '0')
-if state == 'dead' and tonumber(ARGV[4]) <= replayed then return {'dead', openid} end
-if state == 'ambiguous' and tonumber(ARGV[4]) <= replayed then return {'ambiguous_dead', openid} end
+if (state == 'dead' or state == 'ambiguous')
+  and tonumber(ARGV[4]) <= tonumber(redis.call('HGET', KEYS[1], 'replayed') or '0') then
+  if state == 'dead' then return {'dead', openid} end
+  return {'ambiguous_dead', openid}
+end
 local answer = 'claimed'
 if state == 'claimed' then
   local deadline = tonumber(redis.call('HGET', KEYS[1], 'deadline_ms') or '0')
