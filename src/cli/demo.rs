@@ -14,8 +14,8 @@ use lapin::options::{BasicAckOptions, BasicGetOptions};
 use serde_json::{Value, json};
 
 use super::CliResult;
+use super::dead::Letter;
 use super::publish::{Prepared, prepare, publish_all};
-use crate::broker::headers as h;
 use crate::broker::publish::Publisher;
 use crate::broker::{self, topology::Topology};
 use crate::config::{self, Config, Overflow};
@@ -299,19 +299,14 @@ async fn run_demo(
             )
             .await?
         {
-            let headers = h::of(&m.delivery.properties);
-            let id = serde_json::from_slice::<Value>(&m.delivery.data)
-                .ok()
-                .and_then(|v| v["id"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| "demo-malformed".into());
+            let letter = Letter::of_delivery(dead.len() + 1, &m.delivery);
             let reason = format!(
                 "[{}{}] {}",
-                h::get_str(&headers, h::ERROR).unwrap_or_default(),
-                h::get_i64(&headers, h::ERRCODE)
-                    .map(|c| format!(" {c}"))
-                    .unwrap_or_default(),
-                h::get_str(&headers, h::ERRMSG).unwrap_or_default()
+                letter.class.as_deref().unwrap_or_default(),
+                letter.errcode.map(|c| format!(" {c}")).unwrap_or_default(),
+                letter.errmsg.as_deref().unwrap_or_default()
             );
+            let id = letter.id.unwrap_or_else(|| "demo-malformed".into());
             dead.insert(id, reason);
             m.delivery.ack(BasicAckOptions::default()).await?;
         }
