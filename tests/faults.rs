@@ -31,7 +31,7 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
 use serde_json::{Value, json};
 use wxpush::broker::topology::Topology;
 use wxpush::config::load_str;
-use wxpush::wechat::mock::{AcceptedSend, Fault, FaultTarget, MockOptions, MockServer};
+use wxpush_mock_wechat::{AcceptedSend, Fault, FaultTarget, MockOptions, MockServer};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

@@ -653,7 +653,7 @@ fn corpus() -> Vec<Case> {
 /// What went wrong with one case, if anything.
 fn check_case(
     case: &Case,
-    sends: &[wxpush::wechat::mock::AcceptedSend],
+    sends: &[wxpush_mock_wechat::AcceptedSend],
     dead: &[DeadLetter],
 ) -> Option<String> {
     let dead_for: Vec<_> = dead.iter().filter(|d| d.body == case.body).collect();

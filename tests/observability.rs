@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
-use wxpush::wechat::mock::{Fault, FaultTarget};
+use wxpush_mock_wechat::{Fault, FaultTarget};
 
 async fn scrape(admin: std::net::SocketAddr) -> String {
     reqwest::get(format!("http://{admin}/metrics"))

@@ -9,7 +9,7 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
 use wxpush::config::{OnAmbiguous, OnRefused, Overflow, QueueType};
-use wxpush::wechat::mock::{Fault, FaultTarget, MockOptions};
+use wxpush_mock_wechat::{Fault, FaultTarget, MockOptions};
 
 #[tokio::test]
 async fn happy_path_sends_the_exact_rendered_message() {

@@ -13,7 +13,7 @@ use deadpool_redis::redis;
 use wxpush::config::{Config, TokenEndpoint, load_str};
 use wxpush::token::{TokenError, TokenStore};
 use wxpush::wechat::client::{SubscribeMessage, WechatClient};
-use wxpush::wechat::mock::{Fault, FaultTarget, MockOptions, MockServer};
+use wxpush_mock_wechat::{Fault, FaultTarget, MockOptions, MockServer};
 
 struct Setup {
     prefix: String,

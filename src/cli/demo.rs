@@ -19,8 +19,8 @@ use super::publish::{Prepared, prepare, publish_all};
 use crate::broker::publish::Publisher;
 use crate::broker::{self, topology::Topology};
 use crate::config::{self, Config, Overflow};
-use crate::wechat::mock::{Fault, FaultTarget, MockOptions, MockServer};
 use crate::worker::Worker;
+use wxpush_mock_wechat::{Fault, FaultTarget, MockOptions, MockServer};
 
 const DEMO_APPID: &str = "wx0123456789abcdef";
 const DEMO_SECRET: &str = "demo-secret-not-real";

@@ -1,12 +1,11 @@
 //! The `wxpush` command line: one binary, one subcommand per job. Each subcommand lives in
 //! its own file; this one parses arguments, sets up logging and maps errors to exit codes.
 
-mod bench;
 mod check;
 mod dead;
+#[cfg(feature = "dev-tools")]
 mod demo;
-pub mod mock_wechat;
-mod progress;
+pub mod progress;
 pub mod publish;
 mod replay;
 mod token;
@@ -51,12 +50,12 @@ pub enum Command {
     Check,
     /// Show each app's token state (never the token itself)
     Token(token::TokenArgs),
-    /// Run the project's WeChat API emulator
-    MockWechat(mock_wechat::MockWechatArgs),
-    /// End-to-end demo on the local RabbitMQ and Redis with the emulator
+    /// Run the project's WeChat API emulator (developer builds only)
+    #[cfg(feature = "dev-tools")]
+    MockWechat(wxpush_mock_wechat::cli::MockWechatArgs),
+    /// End-to-end demo on the local RabbitMQ and Redis with the emulator (developer builds only)
+    #[cfg(feature = "dev-tools")]
     Demo(demo::DemoArgs),
-    /// Capacity benchmark against the emulator
-    Bench(bench::BenchArgs),
 }
 
 /// How a command failed, for the exit code.
@@ -75,7 +74,17 @@ pub type CliResult = Result<(), CliError>;
 /// Entry point used by `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    execute(cli.log_format, dispatch(cli))
+}
+
+/// Sets up logging and the runtime, runs a command to its end and maps its result to the
+/// exit code. Shared with the tooling binaries under `crates/` so every wxpush command
+/// exits the same way.
+pub fn execute(
+    log_format: Option<LogFormat>,
+    command: impl Future<Output = CliResult>,
+) -> ExitCode {
+    telemetry::init(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -86,7 +95,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    match runtime.block_on(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Usage(message)) => {
             eprintln!("error: {message}");
@@ -104,13 +113,14 @@ async fn dispatch(cli: Cli) -> CliResult {
     match cli.command {
         Command::Check => check::run(config_file),
         Command::Token(args) => token::run(&load(config_file)?, args).await,
-        Command::MockWechat(args) => Ok(mock_wechat::run(args).await?),
+        #[cfg(feature = "dev-tools")]
+        Command::MockWechat(args) => Ok(wxpush_mock_wechat::cli::run(args).await?),
         Command::Run => Ok(crate::worker::run_until_signal(load(config_file)?.config).await?),
         Command::Publish(args) => publish::run(&load(config_file)?.config, args).await,
+        #[cfg(feature = "dev-tools")]
         Command::Demo(args) => demo::run(config_file, args).await,
         Command::Replay(args) => replay::run(&load(config_file)?.config, args).await,
         Command::Dead(args) => dead::run(&load(config_file)?.config, args).await,
-        Command::Bench(args) => bench::run(config_file, args).await,
     }
 }
 

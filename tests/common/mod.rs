@@ -14,8 +14,8 @@ use wxpush::broker::headers as h;
 use wxpush::broker::publish::Publisher;
 use wxpush::broker::topology::Topology;
 use wxpush::config::{Config, load_str};
-use wxpush::wechat::mock::{MockOptions, MockServer};
 use wxpush::worker::Worker;
+use wxpush_mock_wechat::{MockOptions, MockServer};
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
@@ -229,7 +229,7 @@ impl TestApp {
     }
 
     /// Waits until the emulator has accepted `n` sends.
-    pub async fn sent(&self, n: usize) -> Vec<wxpush::wechat::mock::AcceptedSend> {
+    pub async fn sent(&self, n: usize) -> Vec<wxpush_mock_wechat::AcceptedSend> {
         eventually(
             &format!("{n} accepted sends"),
             Duration::from_secs(30),
@@ -399,13 +399,13 @@ pub async fn await_readyz(admin: std::net::SocketAddr, status: u16, timeout: Dur
 }
 
 /// How many accepted sends went to `openid`.
-pub fn sends_to(sends: &[wxpush::wechat::mock::AcceptedSend], openid: &str) -> usize {
+pub fn sends_to(sends: &[wxpush_mock_wechat::AcceptedSend], openid: &str) -> usize {
     sends.iter().filter(|s| s.body["touser"] == openid).count()
 }
 
 /// Asserts that the accepted sends are exactly one per user `0..n` (as [`order_paid`] makes
 /// them) and nothing else.
-pub fn assert_each_sent_once(sends: &[wxpush::wechat::mock::AcceptedSend], n: usize) {
+pub fn assert_each_sent_once(sends: &[wxpush_mock_wechat::AcceptedSend], n: usize) {
     let mut per_user = std::collections::BTreeMap::<String, usize>::new();
     for s in sends {
         *per_user

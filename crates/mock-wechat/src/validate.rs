@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
-use crate::template::rules::KeyType;
+use crate::rules::KeyType;
 
 /// A send body that passed every check: what the subscription check needs.
 #[derive(Debug, PartialEq, Eq)]

@@ -9,8 +9,8 @@ use lapin::BasicProperties;
 use serde_json::json;
 
 use super::{BenchArgs, EVENT_TYPE};
-use crate::broker::publish::Publisher;
-use crate::cli::publish::Prepared;
+use wxpush::broker::publish::Publisher;
+use wxpush::cli::publish::Prepared;
 
 /// A valid openid (28 characters starting with `o`) for event `n`.
 pub fn openid(n: usize) -> String {
@@ -149,7 +149,7 @@ pub async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Event;
+    use wxpush::event::Event;
 
     #[test]
     fn events_are_valid_and_traceable() {

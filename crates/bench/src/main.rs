@@ -1,4 +1,4 @@
-//! `wxpush bench`: a capacity benchmark on the local RabbitMQ and Redis against the WeChat
+//! `wxpush-bench`: a capacity benchmark on the local RabbitMQ and Redis against the WeChat
 //! emulator.
 //!
 //! Two modes:
@@ -11,7 +11,7 @@
 //! Each event carries a sequence number in `data.order_no` (`<run tag>-<n>`); the emulator
 //! records the rendered message with the time it accepted it, so end-to-end latency is that
 //! time minus the publish time the bench noted for `n`. Workers run in-process (`--workers`)
-//! or as `wxpush run` processes (`--processes`), each with the config file the bench writes
+//! or as worker processes (`--processes`: this binary's hidden `run`, the same code as `wxpush run`), each with the config file the bench writes
 //! to a temp dir and the app secret in a file. Everything lives under its own names
 //! (`wxpush-bench-<tag>.*` queues, `wxpush-bench-<tag>:` keys) and is deleted afterwards.
 
@@ -28,19 +28,55 @@ use std::time::Duration;
 
 use lapin::options::QueueDeleteOptions;
 
-use super::{CliError, CliResult, progress};
-use crate::broker::publish::Publisher;
-use crate::broker::{self, topology::Topology};
-use crate::config::{self, Config};
-use crate::template::Templates;
+use clap::{Parser, Subcommand};
 use emulator::Emulator;
 use report::Report;
 use workers::Workers;
+use wxpush::broker::publish::Publisher;
+use wxpush::broker::{self, topology::Topology};
+use wxpush::cli::{CliError, CliResult, progress};
+use wxpush::config::{self, Config};
+use wxpush::template::Templates;
 
 pub(crate) const BENCH_APPID: &str = "wxbe0c4000000000aa";
 const BENCH_SECRET: &str = "bench-secret-not-real";
 /// The event type the bench publishes; the config must map it.
 pub(crate) const EVENT_TYPE: &str = "order.paid";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wxpush-bench",
+    version,
+    about = "Capacity benchmark of wxpush on the local RabbitMQ and Redis against the WeChat emulator",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    /// Config file to start from [default: $WXPUSH_CONFIG, else ./wxpush.toml, else the example]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    worker: Option<WorkerCommand>,
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkerCommand {
+    /// A worker process of a `--processes` run: exactly `wxpush run`
+    #[command(hide = true)]
+    Run,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.worker {
+        Some(WorkerCommand::Run) => wxpush::cli::execute(None, async move {
+            let loaded = wxpush::cli::load(cli.config.as_deref())?;
+            Ok(wxpush::worker::run_until_signal(loaded.config).await?)
+        }),
+        None => wxpush::cli::execute(None, run(cli.config.as_deref(), cli.bench)),
+    }
+}
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -210,7 +246,7 @@ fn write_config(
     let text = match file {
         Some(f) => std::fs::read_to_string(f)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?,
-        None => include_str!("../../examples/wxpush.toml").to_owned(),
+        None => include_str!("../../../examples/wxpush.toml").to_owned(),
     };
     let mut root: Table = text.parse().map_err(|e| {
         anyhow::anyhow!(

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::faults::{Fault, FaultTarget};
 use super::state::Shared;
-use crate::template::rules::KeyType;
+use crate::rules::KeyType;
 
 pub(crate) fn router() -> Router<Arc<Shared>> {
     Router::new()

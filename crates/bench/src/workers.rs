@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use super::Plan;
 use super::probe::{self, Cpu};
-use crate::worker::Worker;
+use wxpush::worker::Worker;
 
 pub enum Workers {
     InProcess(Vec<Worker>),

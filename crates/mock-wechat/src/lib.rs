@@ -6,9 +6,11 @@
 //! WeChat closely (token overlap and rotation, quotas, validation order, errmsg with a rid)
 //! and stays cheap per request so it is never the bottleneck being measured.
 
+pub mod cli;
 mod control;
 mod faults;
 mod routes;
+mod rules;
 mod state;
 mod stats;
 mod tokens;

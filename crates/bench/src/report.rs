@@ -11,7 +11,7 @@ use super::emulator::Emulator;
 use super::load::{self, Published};
 use super::probe::{Cpu, Done};
 use super::workers::Memory;
-use crate::wechat::mock::{AcceptedSend, MockStats};
+use wxpush_mock_wechat::{AcceptedSend, MockStats};
 
 const MB: f64 = 1024.0 * 1024.0;
 

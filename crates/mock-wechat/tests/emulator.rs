@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use wxpush::wechat::mock::{Fault, FaultTarget, MockOptions, MockServer, MockStats};
+use wxpush_mock_wechat::{Fault, FaultTarget, MockOptions, MockServer, MockStats};
 
 const OPENID: &str = "o6_bmjrPTlm6_2sgVt7hMZOPfL2M";
 const APPID: &str = "wx0123456789abcdef";

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::wechat::mock::{MockOptions, MockServer};
+use crate::{MockOptions, MockServer};
 
 #[derive(Debug, clap::Args)]
 pub struct MockWechatArgs {

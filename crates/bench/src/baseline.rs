@@ -11,10 +11,10 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 
 use super::{Plan, load};
-use crate::broker::{self, publish::Publisher};
-use crate::cli::progress;
-use crate::cli::publish::Prepared;
-use crate::config::QueueType;
+use wxpush::broker::{self, publish::Publisher};
+use wxpush::cli::progress;
+use wxpush::cli::publish::Prepared;
+use wxpush::config::QueueType;
 
 pub fn queue_name(plan: &Plan) -> String {
     format!("{}.baseline", plan.prefix)

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::json;
 
-use crate::wechat::mock::{AcceptedSend, MockOptions, MockServer, MockStats};
+use wxpush_mock_wechat::{AcceptedSend, MockOptions, MockServer, MockStats};
 
 /// Thread name prefix of the in-process emulator's runtime (see `probe::Cpu`).
 pub const THREAD_NAME: &str = "wxb-mock";

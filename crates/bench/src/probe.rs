@@ -11,7 +11,7 @@ use lapin::Channel;
 use super::Plan;
 use super::emulator::{self, Emulator};
 use super::workers::Workers;
-use crate::cli::progress;
+use wxpush::cli::progress;
 
 /// Kernel clock ticks per second, for `/proc/*/stat` times.
 fn clock_ticks() -> f64 {
@@ -224,7 +224,7 @@ pub async fn delete_keys(url: &str, prefix: &str) -> anyhow::Result<()> {
 }
 
 async fn queue_counts(channel: &Channel, queue: &str) -> anyhow::Result<(u32, u32)> {
-    let q = crate::broker::inspect_queue(channel, queue).await?;
+    let q = wxpush::broker::inspect_queue(channel, queue).await?;
     Ok((q.message_count(), q.consumer_count()))
 }
 
