@@ -36,3 +36,34 @@ pub fn init(format: Option<LogFormat>) {
             .try_init(),
     };
 }
+
+/// Displays an error with its whole source chain (`outer: cause: root cause`), for log
+/// fields: `tracing::warn!(error = %ErrorChain(&e), ...)`.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_chain_shows_every_cause() {
+        let root = std::io::Error::other("connection refused");
+        let outer = crate::store::StoreError::new("claim", root);
+        assert_eq!(
+            ErrorChain(&outer).to_string(),
+            "Redis claim failed: connection refused"
+        );
+    }
+}

@@ -52,7 +52,7 @@ async fn setup(name: &str, options: MockOptions, endpoint: TokenEndpoint) -> Set
 
 impl Setup {
     fn store(&self) -> TokenStore {
-        let pool = wxpush::store::connect(&self.config.redis).unwrap();
+        let pool = wxpush::store::pooled(&self.config.redis).unwrap();
         let client = WechatClient::new(&self.config.wechat).unwrap();
         TokenStore::new(&self.config, pool, client).unwrap()
     }
@@ -76,7 +76,7 @@ impl Setup {
     }
 
     async fn cleanup(self) {
-        let pool = wxpush::store::connect(&self.config.redis).unwrap();
+        let pool = wxpush::store::pooled(&self.config.redis).unwrap();
         wxpush::store::delete_prefix(&pool, &self.prefix)
             .await
             .unwrap();
@@ -257,7 +257,7 @@ async fn a_stalled_refresher_cannot_overwrite_its_successor() {
         c.timeout = Duration::from_secs(10);
         WechatClient::new(&c).unwrap()
     };
-    let pool = wxpush::store::connect(&config.redis).unwrap();
+    let pool = wxpush::store::pooled(&config.redis).unwrap();
     let a = TokenStore::new(&config, pool.clone(), slow_client).unwrap();
     let b = TokenStore::new(&config, pool, WechatClient::new(&config.wechat).unwrap()).unwrap();
     s.mock.push_faults(

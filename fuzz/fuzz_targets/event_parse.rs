@@ -5,5 +5,5 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let _ = wxpush::event::Event::parse(data);
-    let _ = wxpush::event::peek_id_and_type(data);
+    let _ = wxpush::event::peek(data);
 });

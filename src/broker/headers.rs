@@ -1,17 +1,8 @@
-//! The `x-wxpush-*` message headers: attempt counts on retries, the reason on dead letters.
+//! Reading and writing AMQP header values of any type. What wxpush's own `x-wxpush-*`
+//! headers say is `dead_letter.rs`'s business: nothing else names them.
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-
-pub const ERROR: &str = "x-wxpush-error";
-pub const ERRCODE: &str = "x-wxpush-errcode";
-pub const ERRMSG: &str = "x-wxpush-errmsg";
-pub const ATTEMPTS: &str = "x-wxpush-attempts";
-pub const FIRST_FAILED_AT: &str = "x-wxpush-first-failed-at";
-pub const APP: &str = "x-wxpush-app";
-pub const REPLAYED: &str = "x-wxpush-replayed";
-pub const DEAD_AT: &str = "x-wxpush-dead-at";
-pub const PARKED: &str = "x-wxpush-parked";
 
 /// The headers of a delivery (empty when it has none).
 pub fn of(properties: &BasicProperties) -> FieldTable {

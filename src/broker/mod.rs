@@ -1,6 +1,7 @@
 //! RabbitMQ: connecting, declaring the topology, publishing with confirms, and the
 //! `x-wxpush-*` headers. Used by `run`, `publish`, `replay`, `dead`, `demo` and `bench`.
 
+pub mod dead_letter;
 pub mod headers;
 pub mod publish;
 pub mod topology;

@@ -8,26 +8,23 @@
 //! messages it holds are invisible to other readers of the dead-letter queue (a concurrent
 //! `dead` or `replay` sees fewer).
 //!
-//! Shared with `replay`: [`Letter`] (what a dead letter says about itself, read from its
-//! headers and body, coping with messages that lack our headers and with non-UTF-8 bodies)
-//! and [`open_queue`].
+//! Shared with `replay`: [`open_queue`]. What a dead letter says about itself is read by
+//! [`Letter`] (`broker::dead_letter`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use lapin::message::Delivery;
 use lapin::options::BasicGetOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ErrorKind};
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::{CliResult, progress};
+pub use crate::broker::dead_letter::Letter;
 use crate::broker::{self, headers as h};
 use crate::config::{Config, QueueType};
-use crate::event::MAX_BODY_BYTES;
 
 #[derive(Debug, clap::Args)]
 pub struct DeadArgs {
@@ -46,115 +43,36 @@ pub struct DeadArgs {
     pub summary: bool,
 }
 
-/// What a dead letter says about itself. Every field is optional: a message put in the
-/// queue by another client may have none of our headers and any body at all.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Letter {
-    /// 1-based position in the queue when it was read.
-    pub position: usize,
-    /// The body is JSON (an object or anything else).
-    pub json: bool,
-    pub id: Option<String>,
-    pub kind: Option<String>,
-    /// `x-wxpush-app`, else the body's `app`.
-    pub app: Option<String>,
-    pub class: Option<String>,
-    pub errcode: Option<i64>,
-    pub errmsg: Option<String>,
-    pub attempts: Option<i64>,
-    /// `x-wxpush-dead-at` as written.
-    pub dead_at_raw: Option<String>,
-    pub dead_at: Option<OffsetDateTime>,
-    /// `x-wxpush-replayed`, 0 when absent.
-    pub replayed: i64,
+/// Whether `--show ID` designates this message.
+fn designates(letter: &Letter, wanted: &str) -> bool {
+    letter.id.as_deref() == Some(wanted)
+        || wanted
+            .strip_prefix('#')
+            .and_then(|n| n.parse::<usize>().ok())
+            .is_some_and(|n| n == letter.position)
 }
 
-impl Letter {
-    pub fn of(position: usize, properties: &BasicProperties, body: &[u8]) -> Letter {
-        let headers = h::of(properties);
-        let parsed = (body.len() <= MAX_BODY_BYTES)
-            .then(|| serde_json::from_slice::<Value>(body).ok())
-            .flatten();
-        let field = |name: &str| {
-            parsed
-                .as_ref()
-                .and_then(|v| v.get(name))
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-        };
-        let dead_at_raw = h::get_str(&headers, h::DEAD_AT);
-        Letter {
-            position,
-            json: parsed.is_some(),
-            id: field("id"),
-            kind: field("type"),
-            app: h::get_str(&headers, h::APP).or_else(|| field("app")),
-            class: h::get_str(&headers, h::ERROR),
-            errcode: h::get_i64(&headers, h::ERRCODE),
-            errmsg: h::get_str(&headers, h::ERRMSG),
-            attempts: h::get_i64(&headers, h::ATTEMPTS),
-            dead_at: dead_at_raw
-                .as_deref()
-                .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok()),
-            dead_at_raw,
-            replayed: h::get_i64(&headers, h::REPLAYED).unwrap_or(0),
-        }
-    }
-
-    pub fn of_delivery(position: usize, delivery: &Delivery) -> Letter {
-        Letter::of(position, &delivery.properties, &delivery.data)
-    }
-
-    /// The event id for people: `(unparsable)` when the body is not JSON, `(no id)` when it
-    /// is JSON without a string `id`.
-    pub fn id_label(&self) -> String {
-        match (&self.id, self.json) {
-            (Some(id), _) => id.clone(),
-            (None, true) => "(no id)".into(),
-            (None, false) => "(unparsable)".into(),
-        }
-    }
-
-    /// Time since it was dead-lettered; `None` without a readable `x-wxpush-dead-at` (such a
-    /// message counts as infinitely old for `replay`'s age filters).
-    pub fn age(&self, now: OffsetDateTime) -> Option<Duration> {
-        let age = now - self.dead_at?;
-        Some(Duration::try_from(age).unwrap_or(Duration::ZERO))
-    }
-
-    /// Whether `--show ID` designates this message.
-    fn is(&self, wanted: &str) -> bool {
-        self.id.as_deref() == Some(wanted)
-            || wanted
-                .strip_prefix('#')
-                .and_then(|n| n.parse::<usize>().ok())
-                .is_some_and(|n| n == self.position)
-    }
-
-    fn to_json(&self, now: OffsetDateTime) -> Map<String, Value> {
-        let age = self.age(now);
-        let mut object = Map::new();
-        let mut put = |k: &str, v: Value| {
-            object.insert(k.to_owned(), v);
-        };
-        put("position", json!(self.position));
-        put("id", json!(self.id));
-        put("parsable", json!(self.json));
-        put("type", json!(self.kind));
-        put("app", json!(self.app));
-        put("class", json!(self.class));
-        put("errcode", json!(self.errcode));
-        put("errmsg", json!(self.errmsg));
-        put("attempts", json!(self.attempts));
-        put("dead_at", json!(self.dead_at_raw));
-        put("age_seconds", json!(age.map(|a| a.as_secs())));
-        put("age", json!(age.map(format_age)));
-        put("replayed", json!(self.replayed));
-        object
-    }
+fn letter_json(letter: &Letter, now: OffsetDateTime) -> Map<String, Value> {
+    let age = letter.age(now);
+    let mut object = Map::new();
+    let mut put = |k: &str, v: Value| {
+        object.insert(k.to_owned(), v);
+    };
+    put("position", json!(letter.position));
+    put("id", json!(letter.id));
+    put("parsable", json!(letter.json));
+    put("type", json!(letter.kind));
+    put("app", json!(letter.app));
+    put("class", json!(letter.class));
+    put("errcode", json!(letter.errcode));
+    put("errmsg", json!(letter.errmsg));
+    put("attempts", json!(letter.attempts));
+    put("dead_at", json!(letter.dead_at_raw));
+    put("age_seconds", json!(age.map(|a| a.as_secs())));
+    put("age", json!(age.map(format_age)));
+    put("replayed", json!(letter.replayed));
+    object
 }
-
 /// An age in whole seconds, humantime style (`1h 2m 3s`).
 pub fn format_age(age: Duration) -> String {
     humantime::format_duration(Duration::from_secs(age.as_secs())).to_string()
@@ -232,7 +150,7 @@ pub async fn run(config: &Config, args: DeadArgs) -> CliResult {
     } else if args.json {
         let items: Vec<Value> = letters
             .iter()
-            .map(|l| Value::Object(l.to_json(now)))
+            .map(|l| Value::Object(letter_json(l, now)))
             .collect();
         out = pretty(&Value::Array(items));
     } else {
@@ -279,7 +197,7 @@ async fn read_all(
         };
         // Held unacked on purpose: the channel's close returns it to its place.
         let letter = Letter::of_delivery(letters.len() + 1, &message.delivery);
-        if args.show.as_deref().is_some_and(|w| letter.is(w)) {
+        if args.show.as_deref().is_some_and(|w| designates(&letter, w)) {
             shown.push(Shown {
                 letter: letter.clone(),
                 properties: message.delivery.properties.clone(),
@@ -422,7 +340,7 @@ fn summary_json(letters: &[Letter]) -> Value {
 }
 
 fn show_json(s: &Shown, now: OffsetDateTime) -> Value {
-    let mut object = s.letter.to_json(now);
+    let mut object = letter_json(&s.letter, now);
     object.insert("headers".into(), table_json(&h::of(&s.properties)));
     match std::str::from_utf8(&s.body) {
         Ok(text) => object.insert("body".into(), json!(text)),
@@ -577,18 +495,28 @@ pub fn base64(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    use crate::broker::dead_letter::{self, Failure, FailureClass};
+    use crate::wechat::errcode::ErrorClass;
+    use time::format_description::well_known::Rfc3339;
+
     fn props(headers: FieldTable) -> BasicProperties {
         BasicProperties::default().with_headers(headers)
     }
 
+    fn dead_headers(errcode: Option<i64>, dead_at: &str) -> FieldTable {
+        let failure = Failure {
+            class: FailureClass::Call(ErrorClass::Permanent),
+            errcode,
+            errmsg: "invalid openid".into(),
+            app: None,
+        };
+        let at = OffsetDateTime::parse(dead_at, &Rfc3339).unwrap();
+        dead_letter::for_dead_letter(FieldTable::default(), 1, &failure, at)
+    }
+
     #[test]
     fn reads_our_headers_and_the_body() {
-        let mut headers = FieldTable::default();
-        h::set_str(&mut headers, h::ERROR, "permanent");
-        h::set_i64(&mut headers, h::ERRCODE, 40003);
-        h::set_str(&mut headers, h::ERRMSG, "invalid openid");
-        h::set_i64(&mut headers, h::ATTEMPTS, 1);
-        h::set_str(&mut headers, h::DEAD_AT, "2026-01-01T00:00:00Z");
+        let headers = dead_headers(Some(40003), "2026-01-01T00:00:00Z");
         let body = br#"{"id":"e1","type":"order.paid","app":"shop"}"#;
         let l = Letter::of(3, &props(headers), body);
         assert_eq!(l.id_label(), "e1");
@@ -600,18 +528,9 @@ mod tests {
         );
         let now = OffsetDateTime::parse("2026-01-01T01:00:05Z", &Rfc3339).unwrap();
         assert_eq!(l.age(now), Some(Duration::from_secs(3605)));
-        assert_eq!(l.to_json(now)["age"], "1h 5s");
-        assert!(l.is("e1") && l.is("#3") && !l.is("#2"));
-    }
-
-    #[test]
-    fn copes_with_foreign_messages() {
-        let l = Letter::of(1, &BasicProperties::default(), b"\xff\xfe binary");
-        assert_eq!(l.id_label(), "(unparsable)");
-        assert_eq!((l.class.clone(), l.errcode, l.dead_at), (None, None, None));
-        assert_eq!(l.age(OffsetDateTime::now_utc()), None);
-        let l = Letter::of(1, &BasicProperties::default(), br#"{"id":5}"#);
-        assert_eq!(l.id_label(), "(no id)");
+        assert_eq!(letter_json(&l, now)["age"], "1h 5s");
+        assert_eq!(letter_json(&l, now)["class"], "permanent");
+        assert!(designates(&l, "e1") && designates(&l, "#3") && !designates(&l, "#2"));
     }
 
     #[test]
@@ -634,8 +553,7 @@ mod tests {
     fn summary_counts_by_errcode_and_type() {
         let mut letters = Vec::new();
         for (i, code) in [40003, -1, 40003].into_iter().enumerate() {
-            let mut headers = FieldTable::default();
-            h::set_i64(&mut headers, h::ERRCODE, code);
+            let headers = dead_headers(Some(code), "2026-01-01T00:00:00Z");
             letters.push(Letter::of(i + 1, &props(headers), br#"{"type":"a"}"#));
         }
         letters.push(Letter::of(4, &BasicProperties::default(), b"x"));

@@ -14,8 +14,8 @@ use lapin::options::{BasicAckOptions, BasicGetOptions};
 use serde_json::{Value, json};
 
 use super::CliResult;
-use super::dead::Letter;
 use super::publish::{Prepared, prepare, publish_all};
+use crate::broker::dead_letter::Letter;
 use crate::broker::publish::Publisher;
 use crate::broker::{self, topology::Topology};
 use crate::config::{self, Config, Overflow};
@@ -358,7 +358,7 @@ async fn cleanup(config: &Config) {
             .await;
         let _ = connection.close(200, "demo cleanup done".into()).await;
     }
-    if let Ok(pool) = crate::store::connect(&config.redis) {
+    if let Ok(pool) = crate::store::pooled(&config.redis) {
         let _ = crate::store::delete_prefix(&pool, &config.redis.key_prefix).await;
     }
 }

@@ -25,11 +25,11 @@ use std::time::Duration;
 
 use lapin::options::BasicAckOptions;
 use lapin::options::BasicGetOptions;
-use lapin::types::FieldTable;
 use time::OffsetDateTime;
 
-use super::dead::{Letter, format_age, open_queue, warn_if_quorum};
+use super::dead::{format_age, open_queue, warn_if_quorum};
 use super::{CliError, CliResult, progress};
+use crate::broker::dead_letter::{self, Letter};
 use crate::broker::publish::{PublishError, Publisher};
 use crate::broker::topology::Topology;
 use crate::broker::{self, headers as h};
@@ -80,26 +80,6 @@ impl ReplayArgs {
             && self.older_than.is_none_or(|d| age.is_none_or(|a| a >= d))
             && self.newer_than.is_none_or(|d| age.is_some_and(|a| a < d))
     }
-}
-
-/// The headers a replayed message carries: the dead-letter reason removed, the replay
-/// counted.
-pub fn replay_headers(dead: &FieldTable) -> FieldTable {
-    let mut headers = h::without(
-        dead,
-        &[
-            h::ERROR,
-            h::ERRCODE,
-            h::ERRMSG,
-            h::ATTEMPTS,
-            h::FIRST_FAILED_AT,
-            h::DEAD_AT,
-            h::PARKED,
-        ],
-    );
-    let replayed = h::get_i64(dead, h::REPLAYED).unwrap_or(0).saturating_add(1);
-    h::set_i64(&mut headers, h::REPLAYED, replayed);
-    headers
 }
 
 /// Set on the first SIGINT/SIGTERM; the second one exits the process.
@@ -290,7 +270,7 @@ async fn replay(
         let properties = message
             .properties
             .clone()
-            .with_headers(replay_headers(&h::of(&message.properties)));
+            .with_headers(dead_letter::for_replay(&h::of(&message.properties)));
         match publisher
             .publish(exchange, routing_key, &message.data, properties)
             .await
@@ -334,19 +314,27 @@ async fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::dead_letter::{Failure, FailureClass};
+    use crate::wechat::errcode::ErrorClass;
     use lapin::BasicProperties;
-    use lapin::types::AMQPValue;
+    use lapin::types::FieldTable;
     use time::format_description::well_known::Rfc3339;
 
-    fn letter(errcode: Option<i64>, dead_at: Option<&str>, body: &[u8]) -> Letter {
-        let mut headers = FieldTable::default();
-        if let Some(code) = errcode {
-            h::set_i64(&mut headers, h::ERRCODE, code);
-            h::set_str(&mut headers, h::ERROR, "permanent");
-        }
-        if let Some(at) = dead_at {
-            h::set_str(&mut headers, h::DEAD_AT, at);
-        }
+    /// A dead letter as the worker writes it, or (`None`) a foreign message without our headers.
+    fn letter(dead: Option<(i64, &str)>, body: &[u8]) -> Letter {
+        let headers = match dead {
+            None => FieldTable::default(),
+            Some((errcode, dead_at)) => {
+                let failure = Failure {
+                    class: FailureClass::Call(ErrorClass::Permanent),
+                    errcode: Some(errcode),
+                    errmsg: "x".into(),
+                    app: None,
+                };
+                let at = OffsetDateTime::parse(dead_at, &Rfc3339).unwrap();
+                dead_letter::for_dead_letter(FieldTable::default(), 1, &failure, at)
+            }
+        };
         Letter::of(1, &BasicProperties::default().with_headers(headers), body)
     }
 
@@ -354,7 +342,7 @@ mod tests {
     fn filters_combine_and_repeat() {
         let now = OffsetDateTime::parse("2026-01-01T12:00:00Z", &Rfc3339).unwrap();
         let body = br#"{"id":"1","type":"order.paid","app":"shop"}"#;
-        let l = letter(Some(-1), Some("2026-01-01T11:00:00Z"), body);
+        let l = letter(Some((-1, "2026-01-01T11:00:00Z")), body);
         let args = |f: fn(&mut ReplayArgs)| {
             let mut a = ReplayArgs::default();
             f(&mut a);
@@ -372,34 +360,13 @@ mod tests {
         assert!(args(|a| a.newer_than = Some(Duration::from_secs(7200))).matches(&l, now));
         assert!(!args(|a| a.newer_than = Some(Duration::from_secs(60))).matches(&l, now));
         // A foreign message: no errcode, no class, no dead-at (infinitely old).
-        let foreign = letter(None, None, b"\x00binary");
+        let foreign = letter(None, b"\x00binary");
         assert!(args(|_| {}).matches(&foreign, now));
         assert!(!args(|a| a.errcodes = vec![-1]).matches(&foreign, now));
         assert!(!args(|a| a.classes = vec!["permanent".into()]).matches(&foreign, now));
         assert!(args(|a| a.older_than = Some(Duration::from_secs(1 << 40))).matches(&foreign, now));
         assert!(
             !args(|a| a.newer_than = Some(Duration::from_secs(1 << 40))).matches(&foreign, now)
-        );
-    }
-
-    #[test]
-    fn replayed_headers_drop_the_reason_and_count_replays() {
-        let mut dead = FieldTable::default();
-        for name in [h::ERROR, h::ERRMSG, h::FIRST_FAILED_AT, h::DEAD_AT, h::APP] {
-            h::set_str(&mut dead, name, "x");
-        }
-        h::set_i64(&mut dead, h::ERRCODE, 40003);
-        h::set_i64(&mut dead, h::ATTEMPTS, 8);
-        h::set_i64(&mut dead, h::REPLAYED, 2);
-        dead.insert("x-other".into(), AMQPValue::Boolean(true));
-        let replayed = replay_headers(&dead);
-        let mut names: Vec<&str> = replayed.inner().keys().map(|k| k.as_str()).collect();
-        names.sort_unstable();
-        assert_eq!(names, ["x-other", h::APP, h::REPLAYED]);
-        assert_eq!(h::get_i64(&replayed, h::REPLAYED), Some(3));
-        assert_eq!(
-            h::get_i64(&replay_headers(&FieldTable::default()), h::REPLAYED),
-            Some(1)
         );
     }
 }

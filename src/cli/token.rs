@@ -21,7 +21,7 @@ pub struct TokenArgs {
 
 pub async fn run(loaded: &Loaded, args: TokenArgs) -> CliResult {
     let config = &loaded.config;
-    let pool = store::connect(&config.redis)?;
+    let pool = store::pooled(&config.redis)?;
     let client = WechatClient::new(&config.wechat).map_err(anyhow::Error::from)?;
     let tokens = TokenStore::new(config, pool, client)?;
     let mut apps: Vec<&str> = match &args.app {

@@ -150,24 +150,53 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-/// The best-effort `id` and `type` of a body that failed to parse, for logs and listings.
-pub fn peek_id_and_type(body: &[u8]) -> (Option<String>, Option<String>) {
+/// What can be read from any body, valid event or not: for dead-letter listings, logs and
+/// records of messages that did not parse. Fields that are missing, empty or not strings
+/// are `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peeked {
+    /// The body is JSON (an object or anything else).
+    pub json: bool,
+    /// The `id` as written, however long (only [`Event::parse`] enforces the limits).
+    pub id: Option<String>,
+    pub kind: Option<String>,
+    pub app: Option<String>,
+}
+
+/// Reads the `id`, `type` and `app` of a body, best effort.
+pub fn peek(body: &[u8]) -> Peeked {
     #[derive(Deserialize)]
     struct Peek {
         id: Option<Value>,
         #[serde(rename = "type")]
         kind: Option<Value>,
+        app: Option<Value>,
     }
-    let as_text = |v: Option<Value>| match v {
-        Some(Value::String(s)) => Some(s.chars().take(MAX_ID_CHARS).collect()),
+    let text = |v: Option<Value>| match v {
+        Some(Value::String(s)) if !s.is_empty() => Some(s),
         _ => None,
     };
     if body.len() > MAX_BODY_BYTES {
-        return (None, None);
+        return Peeked::default();
     }
-    match serde_json::from_slice::<Peek>(body) {
-        Ok(p) => (as_text(p.id), as_text(p.kind)),
-        Err(_) => (None, None),
+    match serde_json::from_slice::<Value>(body) {
+        Ok(value @ Value::Object(_)) => match serde_json::from_value::<Peek>(value) {
+            Ok(p) => Peeked {
+                json: true,
+                id: text(p.id),
+                kind: text(p.kind),
+                app: text(p.app),
+            },
+            Err(_) => Peeked {
+                json: true,
+                ..Peeked::default()
+            },
+        },
+        Ok(_) => Peeked {
+            json: true,
+            ..Peeked::default()
+        },
+        Err(_) => Peeked::default(),
     }
 }
 
@@ -244,7 +273,19 @@ mod tests {
 
     #[test]
     fn peek_recovers_id_and_type_of_a_bad_event() {
-        let (id, kind) = peek_id_and_type(br#"{"id":"x1","type":"t","recipient":5}"#);
-        assert_eq!((id.as_deref(), kind.as_deref()), (Some("x1"), Some("t")));
+        let p = peek(br#"{"id":"x1","type":"t","recipient":5}"#);
+        assert_eq!(
+            (p.id.as_deref(), p.kind.as_deref()),
+            (Some("x1"), Some("t"))
+        );
+        assert!(p.json);
+        assert_eq!(
+            peek(b"[1]"),
+            Peeked {
+                json: true,
+                ..Peeked::default()
+            }
+        );
+        assert_eq!(peek(b"\xff"), Peeked::default());
     }
 }

@@ -1,6 +1,7 @@
 //! The one table that says what a WeChat answer means for a message.
 //!
-//! Retries, dead letters, the credential breaker and metrics all read [`classify`]; nothing
+//! Retries, dead letters, the credential breaker and metrics all read [`classify`] and
+//! [`ErrorClass::action`]; nothing
 //! else in the crate matches on raw errcodes. Classification is kept apart from transport
 //! (see `client.rs`): the client reports what happened, this module decides what it means.
 
@@ -38,10 +39,33 @@ impl ErrorClass {
         }
     }
 
-    /// Whether a message failing this way should be retried later (with backoff).
-    pub fn retry_later(self) -> bool {
-        matches!(self, ErrorClass::Transient | ErrorClass::Unknown)
+    /// What a failure of this class means for the message. This is the meaning; how the
+    /// configured policies apply it to one message is `worker::disposition::after_failure`.
+    pub fn action(self) -> Action {
+        match self {
+            ErrorClass::Token => Action::RefreshTokenAndRetry,
+            ErrorClass::Transient | ErrorClass::Unknown => Action::RetryLater,
+            ErrorClass::Permanent => Action::DeadLetter,
+            ErrorClass::Refused => Action::ApplyRefusedPolicy,
+            ErrorClass::Credential => Action::ParkApp,
+        }
     }
+}
+
+/// What the worker does about a failed call, by its [`ErrorClass`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Invalidate exactly the token that failed, refresh under the lock, retry at once
+    /// (a bounded number of times, then as [`Action::RetryLater`]). Never a dead letter.
+    RefreshTokenAndRetry,
+    /// Retry later with backoff; dead-letter once `retry.max_attempts` are spent.
+    RetryLater,
+    /// Never deliverable: dead letter.
+    DeadLetter,
+    /// The user has no subscription left: `policy.on_refused`.
+    ApplyRefusedPolicy,
+    /// The app is misconfigured: park its events (no attempt spent, never a dead letter).
+    ParkApp,
 }
 
 impl fmt::Display for ErrorClass {
@@ -150,8 +174,12 @@ mod tests {
             assert_eq!(classify(code), ErrorClass::Credential, "{code}");
         }
         assert_eq!(classify(99999), ErrorClass::Unknown);
-        assert!(classify(99999).retry_later());
-        assert!(!classify(40003).retry_later());
+        assert_eq!(classify(99999).action(), Action::RetryLater);
+        assert_eq!(classify(-1).action(), Action::RetryLater);
+        assert_eq!(classify(40003).action(), Action::DeadLetter);
+        assert_eq!(classify(40001).action(), Action::RefreshTokenAndRetry);
+        assert_eq!(classify(43101).action(), Action::ApplyRefusedPolicy);
+        assert_eq!(classify(40125).action(), Action::ParkApp);
         assert_eq!(classify_call(&CallError::Timeout), ErrorClass::Transient);
         assert!(is_ambiguous(&CallError::Timeout));
         assert!(!is_ambiguous(&CallError::Connect("refused".into())));

@@ -14,7 +14,7 @@ const LOG_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 struct Tripped {
-    errcode: i64,
+    errcode: Option<i64>,
     errmsg: String,
     since: Instant,
     next_probe: Instant,
@@ -52,7 +52,7 @@ impl Breaker {
         }
     }
 
-    pub fn trip(&self, app: &str, errcode: i64, errmsg: &str) {
+    pub fn trip(&self, app: &str, errcode: Option<i64>, errmsg: &str) {
         let mut apps = self.apps.lock().expect("breaker lock poisoned");
         let now = Instant::now();
         if apps.contains_key(app) {
@@ -101,7 +101,7 @@ impl Breaker {
         for (app, t) in apps.iter_mut() {
             if now.duration_since(t.last_log) >= LOG_EVERY {
                 t.last_log = now;
-                tracing::error!(app = %app, errcode = t.errcode, errmsg = %t.errmsg, down_for_s = t.since.elapsed().as_secs(), "app still refused by WeChat; its events stay parked");
+                tracing::error!(app = %app, errcode = ?t.errcode, errmsg = %t.errmsg, down_for_s = t.since.elapsed().as_secs(), "app still refused by WeChat; its events stay parked");
             }
         }
     }
@@ -115,7 +115,7 @@ mod tests {
     fn tripped_app_is_held_until_reset() {
         let b = Breaker::default();
         assert_eq!(b.gate("a"), Gate::Open);
-        b.trip("a", 40125, "invalid appsecret");
+        b.trip("a", Some(40125), "invalid appsecret");
         assert_eq!(b.gate("a"), Gate::Tripped);
         assert_eq!(b.gate("other"), Gate::Open);
         assert!(b.any_tripped());

@@ -8,8 +8,9 @@
 
 pub mod acker;
 pub mod breaker;
+pub mod disposition;
 pub mod handle;
-pub mod idempotency;
+pub mod send;
 pub mod settle;
 
 use std::net::SocketAddr;
@@ -44,10 +45,11 @@ pub struct Ctx {
     pub templates: Templates,
     pub tokens: TokenStore,
     pub client: WechatClient,
-    /// For occasional work: health pings (the token store has its own handle on it).
-    pub pool: Pool,
-    /// The per-message path's connection (claims, marks).
-    pub redis: store::Shared,
+    /// Pooled Redis connections for occasional work: health pings (the token store has its
+    /// own handle on the pool).
+    pub pooled: Pool,
+    /// The per-message path's Redis connection (claims, marks).
+    pub hot_path: store::HotPath,
     pub keys: Keys,
     pub topology: Topology,
     pub breaker: Breaker,
@@ -59,13 +61,13 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(config: Config) -> anyhow::Result<Ctx> {
-        let pool = store::connect(&config.redis)?;
+        let pooled = store::pooled(&config.redis)?;
         let client = WechatClient::new(&config.wechat)?;
-        let tokens = TokenStore::new(&config, pool.clone(), client.clone())?;
+        let tokens = TokenStore::new(&config, pooled.clone(), client.clone())?;
         Ok(Ctx {
             templates: Templates::compile(&config)?,
             keys: Keys::new(&config.redis.key_prefix),
-            redis: store::Shared::new(&config.redis)?,
+            hot_path: store::HotPath::new(&config.redis)?,
             topology: Topology::new(&config.amqp, &config.retry),
             claim_hold: handle::claim_hold(&config),
             breaker: Breaker::default(),
@@ -74,7 +76,7 @@ impl Ctx {
             config,
             tokens,
             client,
-            pool,
+            pooled,
         })
     }
 }
@@ -193,7 +195,7 @@ async fn supervise(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Result<()>
         if stop.is_cancelled() {
             break Ok(());
         }
-        if let Err(e) = redis_ping(&ctx.pool).await {
+        if let Err(e) = redis_ping(&ctx.pooled).await {
             ctx.health.set(&ctx.health.redis, false);
             let delay = delays.next().unwrap_or(Duration::from_secs(30));
             tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Redis unreachable; not consuming until it is back");
@@ -267,7 +269,7 @@ async fn session(ctx: &Arc<Ctx>, stop: &CancellationToken) -> anyhow::Result<Ses
             _ = stop.cancelled() => break Ok(SessionEnd::Shutdown),
             _ = redis_down.cancelled() => break Ok(SessionEnd::RedisDown),
             _ = redis_check.tick() => {
-                if let Err(e) = redis_ping(&ctx.pool).await {
+                if let Err(e) = redis_ping(&ctx.pooled).await {
                     tracing::warn!(error = %e, "Redis unreachable; pausing consumption");
                     break Ok(SessionEnd::RedisDown);
                 }
@@ -325,7 +327,7 @@ async fn process(
     async {
         let headers = crate::broker::headers::of(&delivery.properties);
         let disposition = handle::handle(&ctx, &delivery.data, &headers).await;
-        if matches!(disposition, handle::Disposition::Requeue { .. }) {
+        if matches!(disposition, disposition::Disposition::RedisUnavailable(_)) {
             redis_down.cancel();
         }
         let outcome = settle::settle(&ctx, &publisher, &acker, &delivery, &disposition).await;

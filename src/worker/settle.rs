@@ -7,39 +7,17 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::FieldTable;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::Ctx;
 use super::acker::Acker;
-use super::handle::{Disposition, Failure};
-use super::idempotency;
+use super::disposition::Disposition;
 use crate::admin::metrics as m;
+use crate::broker::dead_letter;
 use crate::broker::headers as h;
 use crate::broker::publish::Publisher;
+use crate::store::claims;
+use crate::telemetry::ErrorChain;
 use crate::worker::breaker::PROBE_EVERY;
-
-fn now_rfc3339() -> String {
-    OffsetDateTime::now_utc()
-        .format(&Rfc3339)
-        .unwrap_or_default()
-}
-
-fn with_failure(mut headers: FieldTable, attempts: u32, failure: &Failure) -> FieldTable {
-    h::set_i64(&mut headers, h::ATTEMPTS, i64::from(attempts));
-    if h::get_str(&headers, h::FIRST_FAILED_AT).is_none() {
-        h::set_str(&mut headers, h::FIRST_FAILED_AT, &now_rfc3339());
-    }
-    h::set_str(&mut headers, h::ERROR, failure.class);
-    match failure.errcode {
-        Some(code) => h::set_i64(&mut headers, h::ERRCODE, code),
-        None => headers = h::without(&headers, &[h::ERRCODE]),
-    }
-    h::set_str(&mut headers, h::ERRMSG, &failure.errmsg);
-    if let Some(app) = &failure.app {
-        h::set_str(&mut headers, h::APP, app);
-    }
-    headers
-}
 
 /// Settles the delivery; returns a label for logs.
 pub async fn settle(
@@ -63,23 +41,18 @@ pub async fn settle(
         Disposition::Sent { .. } => ("sent", Ok(())),
         Disposition::Duplicate => ("duplicate", Ok(())),
         Disposition::Dropped => ("dropped", Ok(())),
-        Disposition::Requeue { reason } => {
-            tracing::warn!(reason = %reason, "handing the message back to the queue");
+        Disposition::RedisUnavailable(error) => {
+            tracing::warn!(error = %ErrorChain(error), "handing the message back to the queue");
             nack(acker, delivery).await;
             return "requeued";
         }
         Disposition::Retry { attempts, failure } => {
             let tier = ctx.topology.tier_for_attempt(*attempts, true);
             metrics::counter!(m::RETRIES_SCHEDULED, "tier" => tier.label.clone()).increment(1);
-            tracing::info!(attempts, tier = %tier.label, class = failure.class, errcode = failure.errcode.map_or_else(String::new, |c| c.to_string()), errmsg = %failure.errmsg, "retry scheduled");
-            (
-                "retry",
-                republish(
-                    tier.queue.clone(),
-                    with_failure(original(), *attempts, failure),
-                )
-                .await,
-            )
+            tracing::info!(attempts, tier = %tier.label, class = %failure.class, errcode = failure.errcode, errmsg = %failure.errmsg, "retry scheduled");
+            let headers =
+                dead_letter::for_retry(original(), *attempts, failure, OffsetDateTime::now_utc());
+            ("retry", republish(tier.queue.clone(), headers).await)
         }
         Disposition::Later => {
             let tier = ctx.topology.tier_for_attempt(1, false);
@@ -87,17 +60,18 @@ pub async fn settle(
         }
         Disposition::Park { app } => {
             let tier = ctx.topology.tier_at_least(PROBE_EVERY);
-            let mut headers = original();
-            let parked = h::get_i64(&headers, h::PARKED).unwrap_or(0) + 1;
-            h::set_i64(&mut headers, h::PARKED, parked);
-            h::set_str(&mut headers, h::APP, app);
+            let headers = dead_letter::for_park(original(), app);
             ("parked", republish(tier.queue.clone(), headers).await)
         }
         Disposition::DeadLetter { attempts, failure } => {
-            metrics::counter!(m::DEAD_LETTERS, "reason" => failure.class).increment(1);
-            tracing::warn!(attempts, class = failure.class, errcode = failure.errcode.map_or_else(String::new, |c| c.to_string()), errmsg = %failure.errmsg, "dead-lettered");
-            let mut headers = with_failure(original(), *attempts, failure);
-            h::set_str(&mut headers, h::DEAD_AT, &now_rfc3339());
+            metrics::counter!(m::DEAD_LETTERS, "reason" => failure.class.as_str()).increment(1);
+            tracing::warn!(attempts, class = %failure.class, errcode = failure.errcode, errmsg = %failure.errmsg, "dead-lettered");
+            let headers = dead_letter::for_dead_letter(
+                original(),
+                *attempts,
+                failure,
+                OffsetDateTime::now_utc(),
+            );
             (
                 "dead_letter",
                 republish(ctx.topology.dead_letter_queue.clone(), headers).await,
@@ -129,14 +103,18 @@ pub async fn settle(
 /// redelivery is acked instead of dead-lettered a second time. Best effort: events without
 /// a readable id have no state, and a Redis failure only leaves that small window open.
 async fn record_dead(ctx: &Ctx, delivery: &Delivery) {
-    let (Some(id), _) = crate::event::peek_id_and_type(&delivery.data) else {
+    let Some(id) = crate::event::peek(&delivery.data).id else {
         return;
     };
-    let replayed = h::get_i64(&h::of(&delivery.properties), h::REPLAYED).unwrap_or(0);
+    let replayed = dead_letter::replays(&h::of(&delivery.properties));
     let ttl = ctx.config.policy.idempotency_ttl;
-    if let Ok(mut conn) = ctx.redis.get().await
-        && let Err(e) = idempotency::mark_dead(&mut conn, &ctx.keys.event(&id), replayed, ttl).await
-    {
+    let marked = match ctx.hot_path.get().await {
+        Ok(mut conn) => claims::mark_dead(&mut conn, &ctx.keys.event(&id), replayed, ttl)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(ErrorChain(&e).to_string()),
+    };
+    if let Err(e) = marked {
         tracing::warn!(error = %e, "dead letter confirmed, but not recorded in Redis");
     }
 }

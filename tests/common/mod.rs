@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::{BasicProperties, Connection};
 use serde_json::{Value, json};
+use wxpush::broker::dead_letter::{self, Failure, Letter};
 use wxpush::broker::headers as h;
 use wxpush::broker::publish::Publisher;
 use wxpush::broker::topology::Topology;
@@ -339,7 +340,7 @@ impl TestApp {
         Topology::new(&self.config.amqp, &self.config.retry)
             .delete(&channel)
             .await;
-        let pool = wxpush::store::connect(&self.config.redis).unwrap();
+        let pool = wxpush::store::pooled(&self.config.redis).unwrap();
         let _ = wxpush::store::delete_prefix(&pool, &self.prefix).await;
         let _ = self.connection.close(200, "test done".into()).await;
         self.mock.shutdown().await;
@@ -355,26 +356,27 @@ pub struct DeadLetter {
     pub attempts: Option<i64>,
     pub first_failed_at: Option<String>,
     pub app: Option<String>,
+    id: Option<String>,
 }
 
 impl DeadLetter {
+    /// Read through the product's one reader of dead letters, [`Letter`].
     pub fn of(delivery: &lapin::message::Delivery) -> DeadLetter {
-        let headers = h::of(&delivery.properties);
+        let letter = Letter::of_delivery(1, delivery);
         DeadLetter {
             body: delivery.data.clone(),
-            class: h::get_str(&headers, h::ERROR),
-            errcode: h::get_i64(&headers, h::ERRCODE),
-            errmsg: h::get_str(&headers, h::ERRMSG).unwrap_or_default(),
-            attempts: h::get_i64(&headers, h::ATTEMPTS),
-            first_failed_at: h::get_str(&headers, h::FIRST_FAILED_AT),
-            app: h::get_str(&headers, h::APP),
+            class: letter.class,
+            errcode: letter.errcode,
+            errmsg: letter.errmsg.unwrap_or_default(),
+            attempts: letter.attempts,
+            first_failed_at: letter.first_failed_at,
+            app: letter.app,
+            id: letter.id,
         }
     }
 
     pub fn event_id(&self) -> Option<String> {
-        serde_json::from_slice::<Value>(&self.body).ok()?["id"]
-            .as_str()
-            .map(str::to_owned)
+        self.id.clone()
     }
 }
 
@@ -440,7 +442,7 @@ pub fn order_paid(id: &str, n: usize) -> Value {
 
 // ----- dead letters and the `wxpush` binary (tests/replay.rs, tests/dead.rs) -----
 
-/// Dead-letter headers as the worker writes them (src/worker/settle.rs).
+/// Dead-letter headers as the worker writes them (through the product's one writer).
 pub fn dead_headers(
     class: &str,
     errcode: Option<i64>,
@@ -448,17 +450,16 @@ pub fn dead_headers(
     attempts: i64,
     dead_at: &str,
 ) -> lapin::types::FieldTable {
-    let mut headers = lapin::types::FieldTable::default();
-    h::set_i64(&mut headers, h::ATTEMPTS, attempts);
-    h::set_str(&mut headers, h::FIRST_FAILED_AT, dead_at);
-    h::set_str(&mut headers, h::ERROR, class);
-    if let Some(code) = errcode {
-        h::set_i64(&mut headers, h::ERRCODE, code);
-    }
-    h::set_str(&mut headers, h::ERRMSG, errmsg);
-    h::set_str(&mut headers, h::APP, "default");
-    h::set_str(&mut headers, h::DEAD_AT, dead_at);
-    headers
+    let failure = Failure {
+        class: class.parse().expect("a known failure class"),
+        errcode,
+        errmsg: errmsg.to_owned(),
+        app: Some("default".to_owned()),
+    };
+    let at = time::OffsetDateTime::parse(dead_at, &time::format_description::well_known::Rfc3339)
+        .expect("an RFC 3339 time");
+    let attempts = u32::try_from(attempts).expect("a non-negative attempt count");
+    dead_letter::for_dead_letter(lapin::types::FieldTable::default(), attempts, &failure, at)
 }
 
 /// The event id of a body, if it is a JSON object with a string `id`.
@@ -633,7 +634,7 @@ pub fn mixed_dead_letters(prefix: &str, n: usize) -> Vec<MixedDead> {
             let replayed = if i % 25 == 0 { 2 } else { 0 };
             let mut headers = dead_headers(class, Some(errcode), errmsg, attempts, &dead_at);
             if replayed > 0 {
-                h::set_i64(&mut headers, h::REPLAYED, replayed);
+                h::set_i64(&mut headers, "x-wxpush-replayed", replayed);
             }
             MixedDead {
                 body: serde_json::to_vec(&order_paid(&id, i)).unwrap(),

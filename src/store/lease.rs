@@ -2,7 +2,7 @@
 //!
 //! It is a lease, not a fencing lock: a holder that stalls past the TTL loses it without
 //! knowing. Writers that must not act after losing it check ownership atomically in the
-//! same script as their write (see `store.rs`).
+//! same script as their write (see `token_record.rs`).
 
 use std::sync::LazyLock;
 use std::time::Duration;

@@ -1,22 +1,58 @@
-//! Redis connections and the names of every key wxpush writes.
+//! Everything wxpush keeps in Redis: the connections, the key names, and the stores.
 //!
-//! Two ways in: the deadpool pool for occasional work (token refreshes, health pings), and
-//! one shared multiplexed [`Shared`] connection for the per-message path: a pool checkout
-//! costs a round trip of its own (deadpool pings a connection before lending it), which
-//! doubled the Redis round trips per message.
+//! - [`claims`]: each event's delivery state (claimed, sent, failed, ambiguous, dead), so a
+//!   redelivery never sends twice;
+//! - [`token_record`]: the app's shared access_token and its refresh [`lease`];
+//! - [`keys`]: the name of every key, with the hash tags that keep a script's keys in one
+//!   Redis Cluster slot.
 //!
-//! Keys carry a hash tag (`{…}`) per app or event so that everything one script touches
-//! lives in one Redis Cluster slot.
+//! Two ways in: the [`pooled`] deadpool connections for occasional work (token refreshes,
+//! health pings, CLI commands), and one multiplexed [`HotPath`] connection shared by every
+//! message task: a pool checkout costs a round trip of its own (deadpool pings a connection
+//! before lending it), which doubled the Redis round trips per message.
+//!
+//! What these stores decide (when an event counts as sent, when a token is stale) lives
+//! with their callers (`worker`, `token`); this module only knows how it is written down.
 
+pub mod claims;
+pub mod keys;
+pub mod lease;
+pub mod token_record;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
 
 use crate::config::{RedisConfig, redact_url};
+pub use keys::Keys;
 
-/// Builds the pool. Connections are made lazily, so this succeeds with Redis down; waits for
+/// A Redis call failed: the connection, the pool or the command. The Redis error is kept as
+/// the source, so logs show the whole chain.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("Redis {action} failed")]
+pub struct StoreError {
+    action: &'static str,
+    #[source]
+    source: Arc<dyn std::error::Error + Send + Sync>,
+}
+
+impl StoreError {
+    /// `action` says what was being done, e.g. `"claim"` or `"token read"`.
+    pub fn new(
+        action: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> StoreError {
+        StoreError {
+            action,
+            source: Arc::new(source),
+        }
+    }
+}
+
+/// Builds the pool for occasional work. Connections are made lazily, so this succeeds with Redis down; waits for
 /// a connection are bounded so a Redis outage turns into errors, never a hang.
-pub fn connect(config: &RedisConfig) -> anyhow::Result<Pool> {
+pub fn pooled(config: &RedisConfig) -> anyhow::Result<Pool> {
     let mut cfg = deadpool_redis::Config::from_url(config.url.clone());
     cfg.pool = Some(PoolConfig {
         max_size: config.pool_size.max(1),
@@ -31,30 +67,28 @@ pub fn connect(config: &RedisConfig) -> anyhow::Result<Pool> {
         .map_err(|e| anyhow::anyhow!("redis.url {} is not usable: {e}", redact_url(&config.url)))
 }
 
-/// One multiplexed connection shared by every message task: commands from many tasks are
-/// pipelined on it, and it reconnects by itself after Redis restarts. Connected on first
-/// use, so a worker starts while Redis is down.
+/// The hot-path connection: one multiplexed connection shared by every message task.
+/// Commands from many tasks are pipelined on it, and it reconnects by itself after Redis
+/// restarts. Connected on first use, so a worker starts while Redis is down.
 #[derive(Clone)]
-pub struct Shared {
+pub struct HotPath {
     client: deadpool_redis::redis::Client,
     manager: std::sync::Arc<tokio::sync::OnceCell<deadpool_redis::redis::aio::ConnectionManager>>,
 }
 
-impl Shared {
-    pub fn new(config: &RedisConfig) -> anyhow::Result<Shared> {
+impl HotPath {
+    pub fn new(config: &RedisConfig) -> anyhow::Result<HotPath> {
         let client = deadpool_redis::redis::Client::open(config.url.as_str()).map_err(|e| {
             anyhow::anyhow!("redis.url {} is not usable: {e}", redact_url(&config.url))
         })?;
-        Ok(Shared {
+        Ok(HotPath {
             client,
             manager: Default::default(),
         })
     }
 
     /// A handle on the shared connection (cheap to clone).
-    pub async fn get(
-        &self,
-    ) -> deadpool_redis::redis::RedisResult<deadpool_redis::redis::aio::ConnectionManager> {
+    pub async fn get(&self) -> Result<deadpool_redis::redis::aio::ConnectionManager, StoreError> {
         use deadpool_redis::redis::aio::{ConnectionManager, ConnectionManagerConfig};
         let manager = self
             .manager
@@ -66,7 +100,8 @@ impl Shared {
                     .set_max_delay(Duration::from_secs(1));
                 ConnectionManager::new_with_config(self.client.clone(), config)
             })
-            .await?;
+            .await
+            .map_err(|e| StoreError::new("connect", e))?;
         Ok(manager.clone())
     }
 }
@@ -95,34 +130,5 @@ pub async fn delete_prefix(pool: &Pool, prefix: &str) -> anyhow::Result<usize> {
             return Ok(deleted);
         }
         cursor = next;
-    }
-}
-
-/// Key names under one prefix.
-#[derive(Debug, Clone)]
-pub struct Keys {
-    prefix: String,
-}
-
-impl Keys {
-    pub fn new(prefix: &str) -> Keys {
-        Keys {
-            prefix: prefix.to_owned(),
-        }
-    }
-
-    /// Hash with the app's current token: `token`, `expires_at_ms`, `fetched_at_ms`, `endpoint`.
-    pub fn token(&self, appid: &str) -> String {
-        format!("{}:token:{{{appid}}}", self.prefix)
-    }
-
-    /// The refresh lock for the app's token.
-    pub fn token_lock(&self, appid: &str) -> String {
-        format!("{}:token-lock:{{{appid}}}", self.prefix)
-    }
-
-    /// Hash with an event's delivery state (see `worker::idempotency`).
-    pub fn event(&self, event_id: &str) -> String {
-        format!("{}:event:{{{event_id}}}", self.prefix)
     }
 }

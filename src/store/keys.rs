@@ -1,0 +1,33 @@
+//! The name of every key wxpush writes, under the configured `redis.key_prefix`.
+//!
+//! Keys carry a hash tag (`{…}`) per app or per event so that everything one script touches
+//! lives in one Redis Cluster slot, while different apps and events spread over the slots.
+
+/// Key names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// Hash with the app's current token: `token`, `expires_at_ms`, `fetched_at_ms`, `endpoint`.
+    pub fn token(&self, appid: &str) -> String {
+        format!("{}:token:{{{appid}}}", self.prefix)
+    }
+
+    /// The refresh lock for the app's token.
+    pub fn token_lock(&self, appid: &str) -> String {
+        format!("{}:token-lock:{{{appid}}}", self.prefix)
+    }
+
+    /// Hash with an event's delivery state (see `store::claims`).
+    pub fn event(&self, event_id: &str) -> String {
+        format!("{}:event:{{{event_id}}}", self.prefix)
+    }
+}

@@ -1,0 +1,162 @@
+//! The send phase: call WeChat, replace a stale token and call again, and turn the answer
+//! into the message's [`Disposition`].
+
+use std::time::Instant;
+
+use super::Ctx;
+use super::disposition::{Disposition, after_failure, on_ambiguous, retry_or_dead};
+use super::handle::token_failure;
+use crate::admin::metrics as m;
+use crate::broker::dead_letter::{Failure, FailureClass};
+use crate::store::claims;
+use crate::telemetry::ErrorChain;
+use crate::wechat::client::{AccessToken, CallError, SubscribeMessage};
+use crate::wechat::errcode::{
+    self, Action, ErrorClass, classify_call, is_ambiguous, outcome_label,
+};
+
+/// The message being sent: what the send loop needs to record and decide its outcome.
+pub struct Attempt<'a> {
+    pub app: &'a str,
+    pub template_id: &'a str,
+    /// The event's idempotency key in Redis.
+    pub key: &'a str,
+    /// Failed sends before this one.
+    pub attempts: u32,
+    /// The message's `x-wxpush-replayed` count.
+    pub replayed: i64,
+}
+
+/// Sends until WeChat answers something other than a stale token (at most
+/// `retry.token_retries` token replacements).
+pub async fn send(
+    ctx: &Ctx,
+    this: &Attempt<'_>,
+    mut token: AccessToken,
+    message: &SubscribeMessage,
+) -> Disposition {
+    let mut token_retries = 0;
+    loop {
+        let started = Instant::now();
+        let result = ctx.client.send(&token, message).await;
+        metrics::histogram!(m::SEND_DURATION, "app" => this.app.to_owned())
+            .record(started.elapsed().as_secs_f64());
+        let error = match result {
+            Ok(msgid) => return sent(ctx, this, msgid).await,
+            Err(error) => error,
+        };
+        record_send(
+            this.app,
+            this.template_id,
+            outcome_label(&error),
+            error.errcode(),
+        );
+        let action = classify_call(&error).action();
+        if action == Action::RefreshTokenAndRetry && token_retries < ctx.config.retry.token_retries
+        {
+            token_retries += 1;
+            token = match ctx.tokens.replace_stale(this.app, &token).await {
+                Ok(token) => token,
+                Err(e) => {
+                    mark_failed_as(ctx, this.key, "token").await;
+                    return token_failure(ctx, this.app, this.attempts, e);
+                }
+            };
+            continue;
+        }
+        if is_ambiguous(&error) {
+            return unanswered(ctx, this, &error).await;
+        }
+        mark_failed(ctx, this.key, &error).await;
+        return call_failure(ctx, this.app, this.attempts, &error, "send");
+    }
+}
+
+async fn sent(ctx: &Ctx, this: &Attempt<'_>, msgid: u64) -> Disposition {
+    record_send(this.app, this.template_id, "ok", None);
+    ctx.breaker.reset(this.app);
+    let marked = match ctx.hot_path.get().await {
+        Ok(mut conn) => claims::mark_sent(
+            &mut conn,
+            this.key,
+            msgid,
+            ctx.config.policy.idempotency_ttl,
+        )
+        .await
+        .map_err(|e| e.to_string()),
+        Err(e) => Err(ErrorChain(&e).to_string()),
+    };
+    if let Err(e) = marked {
+        tracing::warn!(error = %e, "sent, but could not record it in Redis; acking anyway");
+    }
+    Disposition::Sent { msgid }
+}
+
+/// The call went out and no answer came: WeChat may have accepted it.
+async fn unanswered(ctx: &Ctx, this: &Attempt<'_>, error: &CallError) -> Disposition {
+    let attempts = this.attempts + 1;
+    let cause = format!("send: {error}; it may have been delivered");
+    if let Err(fate) = on_ambiguous(ctx, this.key, this.replayed, attempts, this.app, &cause).await
+    {
+        return fate;
+    }
+    mark_failed_as(ctx, this.key, "ambiguous").await;
+    retry_or_dead(
+        ctx,
+        attempts,
+        Failure {
+            class: FailureClass::Call(ErrorClass::Transient),
+            errcode: None,
+            errmsg: format!("send: {error}"),
+            app: Some(this.app.to_owned()),
+        },
+    )
+}
+
+/// The disposition for a definitely failed call (`what`: the API called).
+pub(super) fn call_failure(
+    ctx: &Ctx,
+    app: &str,
+    attempts: u32,
+    error: &CallError,
+    what: &str,
+) -> Disposition {
+    let class = classify_call(error);
+    let errmsg = match error.errcode() {
+        Some(code) => format!("{what}: {error} ({})", errcode::describe(code)),
+        None => format!("{what}: {error}"),
+    };
+    let failure = Failure {
+        class: FailureClass::Call(class),
+        errcode: error.errcode(),
+        errmsg,
+        app: Some(app.to_owned()),
+    };
+    after_failure(ctx, app, attempts + 1, class.action(), failure)
+}
+
+/// Records a definite failure so the next attempt claims afresh (not as ambiguous).
+pub(super) async fn mark_failed(ctx: &Ctx, key: &str, error: &CallError) {
+    let code = error
+        .errcode()
+        .map_or_else(|| "transport".to_owned(), |code| code.to_string());
+    mark_failed_as(ctx, key, &code).await;
+}
+
+async fn mark_failed_as(ctx: &Ctx, key: &str, reason: &str) {
+    // Best effort: if Redis is down the claim simply expires, which later reads as ambiguous.
+    let marked = match ctx.hot_path.get().await {
+        Ok(mut conn) => claims::mark_failed(&mut conn, key, &ctx.owner, reason)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(ErrorChain(&e).to_string()),
+    };
+    if let Err(e) = marked {
+        tracing::warn!(error = %e, "could not record the failure in Redis");
+    }
+}
+
+fn record_send(app: &str, template_id: &str, outcome: &'static str, errcode: Option<i64>) {
+    let errcode = errcode.map_or_else(|| "none".to_owned(), |code| code.to_string());
+    metrics::counter!(m::SENDS, "app" => app.to_owned(), "template" => template_id.to_owned(), "outcome" => outcome, "errcode" => errcode).increment(1);
+}
