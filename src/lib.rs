@@ -1,15 +1,22 @@
 //! wxpush: delivers WeChat Mini Program subscribe messages from RabbitMQ events.
 //!
-//! The layout follows the path of a message:
+//! The layout follows the path of a message (see `docs/architecture.md`):
 //! - [`config`]: the TOML file, environment overrides, secrets, `check`;
 //! - [`event`]: parsing and validating the events services publish;
 //! - [`template`]: rendering an event into a subscribe message, WeChat's value rules;
-//! - [`wechat`]: the HTTP client, the errcode classification table, the emulator;
-//! - [`token`]: the shared access_token in Redis and its refresh lock;
-//! - [`broker`]: AMQP connection, topology and confirmed publishing;
-//! - [`worker`]: consume, send, retry, dead-letter;
+//! - [`wechat`]: the HTTP client and the errcode table (what each answer means);
+//! - [`token`]: the shared access_token: local copy, single-flight refresh, invalidation;
+//! - [`store`]: everything kept in Redis: event claims, the token record and its lease, key
+//!   names, the pooled and hot-path connections;
+//! - [`broker`]: AMQP connection, topology, confirmed publishing, and the dead-letter
+//!   headers ([`broker::dead_letter`]);
+//! - [`worker`]: consume → decide (`handle`, `send`, `disposition`) → settle → ack;
 //! - [`admin`]: health, readiness and metrics;
+//! - [`telemetry`]: logging setup and error chains for logs;
 //! - [`cli`]: the `wxpush` commands.
+//!
+//! The WeChat emulator (`crates/mock-wechat`) and the load harness (`crates/bench`) are
+//! packages of their own: the production binary contains neither.
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -236,8 +236,49 @@ async fn redis_ping(pool: &Pool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One AMQP connection's worth of consuming.
+/// A session's open AMQP resources.
+struct Session {
+    connection: lapin::Connection,
+    publisher: Publisher,
+    channel: lapin::Channel,
+    consumer: lapin::Consumer,
+    tag: String,
+}
+
+/// One AMQP connection's worth of consuming: open, consume until told to stop or something
+/// breaks, then drain the in-flight messages and close.
 async fn session(ctx: &Arc<Ctx>, stop: &CancellationToken) -> anyhow::Result<SessionEnd> {
+    let mut session = open_session(ctx).await?;
+    ctx.health.set(&ctx.health.amqp, true);
+    ctx.health.set(&ctx.health.consuming, true);
+    tracing::info!(queue = %ctx.config.amqp.queue, "consuming");
+    let tracker = TaskTracker::new();
+    let (acker, acks_flushed) = Acker::spawn(session.channel.clone());
+    let end = consume(ctx, stop, &mut session, &tracker, &acker).await;
+    ctx.health.set(&ctx.health.consuming, false);
+    let _ = session
+        .channel
+        .basic_cancel(session.tag.as_str().into(), BasicCancelOptions::default())
+        .await;
+    let grace = match &end {
+        Ok(SessionEnd::Shutdown) => ctx.config.worker.shutdown_grace,
+        _ => Duration::from_secs(5),
+    };
+    drain(&tracker, grace).await;
+    // The last acks go out before the connection closes.
+    drop(acker);
+    acks_flushed.finish().await;
+    ctx.health.set(&ctx.health.amqp, false);
+    session.publisher.close().await;
+    // Closing the connection returns every unacked message to the queue.
+    let _ = session
+        .connection
+        .close(200, "wxpush worker session over".into())
+        .await;
+    end
+}
+
+async fn open_session(ctx: &Ctx) -> anyhow::Result<Session> {
     let amqp = &ctx.config.amqp;
     let connection = broker::connect(&amqp.url, "worker").await?;
     let publisher = Publisher::open(&connection).await?;
@@ -247,7 +288,7 @@ async fn session(ctx: &Arc<Ctx>, stop: &CancellationToken) -> anyhow::Result<Ses
         .basic_qos(amqp.prefetch, BasicQosOptions::default())
         .await?;
     let tag = format!("wxpush-{}", ctx.owner);
-    let mut consumer = channel
+    let consumer = channel
         .basic_consume(
             amqp.queue.as_str().into(),
             tag.as_str().into(),
@@ -255,59 +296,57 @@ async fn session(ctx: &Arc<Ctx>, stop: &CancellationToken) -> anyhow::Result<Ses
             FieldTable::default(),
         )
         .await?;
-    ctx.health.set(&ctx.health.amqp, true);
-    ctx.health.set(&ctx.health.consuming, true);
-    tracing::info!(queue = %amqp.queue, "consuming");
+    Ok(Session {
+        connection,
+        publisher,
+        channel,
+        consumer,
+        tag,
+    })
+}
 
-    let tracker = TaskTracker::new();
-    let (acker, acks_flushed) = Acker::spawn(channel.clone());
+/// Spawns a task per delivery until the worker stops, Redis fails or the consumer ends.
+async fn consume(
+    ctx: &Arc<Ctx>,
+    stop: &CancellationToken,
+    session: &mut Session,
+    tracker: &TaskTracker,
+    acker: &Acker,
+) -> anyhow::Result<SessionEnd> {
     let redis_down = CancellationToken::new();
     // An idle worker must notice a Redis outage too (for /readyz, and to stop consuming).
     let mut redis_check = tokio::time::interval(REDIS_CHECK_EVERY);
-    let end: anyhow::Result<SessionEnd> = loop {
+    loop {
         tokio::select! {
-            _ = stop.cancelled() => break Ok(SessionEnd::Shutdown),
-            _ = redis_down.cancelled() => break Ok(SessionEnd::RedisDown),
+            _ = stop.cancelled() => return Ok(SessionEnd::Shutdown),
+            _ = redis_down.cancelled() => return Ok(SessionEnd::RedisDown),
             _ = redis_check.tick() => {
                 if let Err(e) = redis_ping(&ctx.pooled).await {
                     tracing::warn!(error = %e, "Redis unreachable; pausing consumption");
-                    break Ok(SessionEnd::RedisDown);
+                    return Ok(SessionEnd::RedisDown);
                 }
             }
-            next = consumer.next() => match next {
+            next = session.consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    tracker.spawn(process(ctx.clone(), publisher.clone(), acker.clone(), delivery, redis_down.clone()));
+                    let publisher = session.publisher.clone();
+                    tracker.spawn(process(ctx.clone(), publisher, acker.clone(), delivery, redis_down.clone()));
                 }
-                Some(Err(e)) => break Err(anyhow::anyhow!("consumer failed: {e}")),
-                None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
+                Some(Err(e)) => return Err(anyhow::anyhow!("consumer failed: {e}")),
+                None => return Err(anyhow::anyhow!("the broker cancelled the consumer")),
             },
         }
-    };
-    ctx.health.set(&ctx.health.consuming, false);
-    let _ = channel
-        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-        .await;
+    }
+}
+
+/// Lets the in-flight messages finish, up to `grace`.
+async fn drain(tracker: &TaskTracker, grace: Duration) {
     tracker.close();
-    let grace = match &end {
-        Ok(SessionEnd::Shutdown) => ctx.config.worker.shutdown_grace,
-        _ => Duration::from_secs(5),
-    };
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!(
             in_flight = tracker.len(),
             "in-flight messages did not finish in time; they go back to the queue unacked"
         );
     }
-    // The last acks go out before the connection closes.
-    drop(acker);
-    acks_flushed.finish().await;
-    ctx.health.set(&ctx.health.amqp, false);
-    publisher.close().await;
-    // Closing the connection returns every unacked message to the queue.
-    let _ = connection
-        .close(200, "wxpush worker session over".into())
-        .await;
-    end
 }
 
 async fn process(

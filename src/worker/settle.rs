@@ -15,9 +15,17 @@ use crate::admin::metrics as m;
 use crate::broker::dead_letter;
 use crate::broker::headers as h;
 use crate::broker::publish::Publisher;
-use crate::store::claims;
+use crate::store::{StoreError, claims};
 use crate::telemetry::ErrorChain;
 use crate::worker::breaker::PROBE_EVERY;
+
+/// Where a message goes next when its disposition is not a plain ack: a queue and the
+/// headers it carries there.
+struct NextStep {
+    label: &'static str,
+    queue: String,
+    headers: FieldTable,
+}
 
 /// Settles the delivery; returns a label for logs.
 pub async fn settle(
@@ -27,57 +35,22 @@ pub async fn settle(
     delivery: &Delivery,
     disposition: &Disposition,
 ) -> &'static str {
-    // Only the outcomes that republish need the headers: a plain ack copies nothing.
-    let original = || h::of(&delivery.properties);
-    let republish = |queue: String, headers: FieldTable| {
-        let properties: BasicProperties = delivery.properties.clone().with_headers(headers);
-        async move {
-            publisher
-                .publish("", &queue, &delivery.data, properties)
-                .await
+    let step = match next_step(ctx, delivery, disposition) {
+        Ok(None) => {
+            acker.ack(delivery.delivery_tag);
+            return label_of(disposition);
         }
-    };
-    let (label, published) = match disposition {
-        Disposition::Sent { .. } => ("sent", Ok(())),
-        Disposition::Duplicate => ("duplicate", Ok(())),
-        Disposition::Dropped => ("dropped", Ok(())),
-        Disposition::RedisUnavailable(error) => {
+        Ok(Some(step)) => step,
+        Err(error) => {
             tracing::warn!(error = %ErrorChain(error), "handing the message back to the queue");
             nack(acker, delivery).await;
             return "requeued";
         }
-        Disposition::Retry { attempts, failure } => {
-            let tier = ctx.topology.tier_for_attempt(*attempts, true);
-            metrics::counter!(m::RETRIES_SCHEDULED, "tier" => tier.label.clone()).increment(1);
-            tracing::info!(attempts, tier = %tier.label, class = %failure.class, errcode = failure.errcode, errmsg = %failure.errmsg, "retry scheduled");
-            let headers =
-                dead_letter::for_retry(original(), *attempts, failure, OffsetDateTime::now_utc());
-            ("retry", republish(tier.queue.clone(), headers).await)
-        }
-        Disposition::Later => {
-            let tier = ctx.topology.tier_for_attempt(1, false);
-            ("later", republish(tier.queue.clone(), original()).await)
-        }
-        Disposition::Park { app } => {
-            let tier = ctx.topology.tier_at_least(PROBE_EVERY);
-            let headers = dead_letter::for_park(original(), app);
-            ("parked", republish(tier.queue.clone(), headers).await)
-        }
-        Disposition::DeadLetter { attempts, failure } => {
-            metrics::counter!(m::DEAD_LETTERS, "reason" => failure.class.as_str()).increment(1);
-            tracing::warn!(attempts, class = %failure.class, errcode = failure.errcode, errmsg = %failure.errmsg, "dead-lettered");
-            let headers = dead_letter::for_dead_letter(
-                original(),
-                *attempts,
-                failure,
-                OffsetDateTime::now_utc(),
-            );
-            (
-                "dead_letter",
-                republish(ctx.topology.dead_letter_queue.clone(), headers).await,
-            )
-        }
     };
+    let properties: BasicProperties = delivery.properties.clone().with_headers(step.headers);
+    let published = publisher
+        .publish("", &step.queue, &delivery.data, properties)
+        .await;
     match published {
         Ok(()) if matches!(disposition, Disposition::DeadLetter { .. }) => {
             record_dead(ctx, delivery).await;
@@ -85,18 +58,76 @@ pub async fn settle(
             // crash would bring the message back.
             let _ = delivery.ack(BasicAckOptions::default()).await;
             acker.settled_elsewhere(delivery.delivery_tag);
-            label
+            step.label
         }
         Ok(()) => {
             acker.ack(delivery.delivery_tag);
-            label
+            step.label
         }
         Err(e) => {
-            tracing::warn!(error = %e, outcome = label, "could not publish the message's next step; handing it back");
+            tracing::warn!(error = %e, outcome = step.label, "could not publish the message's next step; handing it back");
             nack(acker, delivery).await;
             "requeued"
         }
     }
+}
+
+fn label_of(disposition: &Disposition) -> &'static str {
+    match disposition {
+        Disposition::Sent { .. } => "sent",
+        Disposition::Duplicate => "duplicate",
+        Disposition::Dropped => "dropped",
+        Disposition::Retry { .. } => "retry",
+        Disposition::Later => "later",
+        Disposition::Park { .. } => "parked",
+        Disposition::DeadLetter { .. } => "dead_letter",
+        Disposition::RedisUnavailable(_) => "requeued",
+    }
+}
+
+/// `Ok(None)`: a plain ack. `Err`: hand the message back (Redis is unavailable).
+fn next_step<'a>(
+    ctx: &Ctx,
+    delivery: &Delivery,
+    disposition: &'a Disposition,
+) -> Result<Option<NextStep>, &'a StoreError> {
+    // Only the outcomes that republish need the headers: a plain ack copies nothing.
+    let original = || h::of(&delivery.properties);
+    let label = label_of(disposition);
+    let (queue, headers) = match disposition {
+        Disposition::Sent { .. } | Disposition::Duplicate | Disposition::Dropped => {
+            return Ok(None);
+        }
+        Disposition::RedisUnavailable(error) => return Err(error),
+        Disposition::Retry { attempts, failure } => {
+            let tier = ctx.topology.tier_for_attempt(*attempts, true);
+            metrics::counter!(m::RETRIES_SCHEDULED, "tier" => tier.label.clone()).increment(1);
+            tracing::info!(attempts, tier = %tier.label, class = %failure.class, errcode = failure.errcode, errmsg = %failure.errmsg, "retry scheduled");
+            let now = OffsetDateTime::now_utc();
+            let headers = dead_letter::for_retry(original(), *attempts, failure, now);
+            (tier.queue.clone(), headers)
+        }
+        Disposition::Later => {
+            let tier = ctx.topology.tier_for_attempt(1, false);
+            (tier.queue.clone(), original())
+        }
+        Disposition::Park { app } => {
+            let tier = ctx.topology.tier_at_least(PROBE_EVERY);
+            (tier.queue.clone(), dead_letter::for_park(original(), app))
+        }
+        Disposition::DeadLetter { attempts, failure } => {
+            metrics::counter!(m::DEAD_LETTERS, "reason" => failure.class.as_str()).increment(1);
+            tracing::warn!(attempts, class = %failure.class, errcode = failure.errcode, errmsg = %failure.errmsg, "dead-lettered");
+            let now = OffsetDateTime::now_utc();
+            let headers = dead_letter::for_dead_letter(original(), *attempts, failure, now);
+            (ctx.topology.dead_letter_queue.clone(), headers)
+        }
+    };
+    Ok(Some(NextStep {
+        label,
+        queue,
+        headers,
+    }))
 }
 
 /// Records in the event's idempotency state that its dead letter is confirmed, so a
