@@ -107,8 +107,17 @@ pub fn after_failure(
     }
 }
 
+/// The dead letter of an event marked ambiguous earlier (its dead letter not yet
+/// confirmed): dead-letter it again, never send it.
+pub fn ambiguous_again(attempts: u32, app: &str) -> Disposition {
+    Disposition::DeadLetter {
+        attempts,
+        failure: ambiguous_failure(app, LAPSED_CLAIM),
+    }
+}
+
 /// What a dead letter of an event that may have been delivered says.
-pub fn ambiguous_failure(app: &str, errmsg: impl Into<String>) -> Failure {
+fn ambiguous_failure(app: &str, errmsg: impl Into<String>) -> Failure {
     Failure {
         class: FailureClass::Ambiguous,
         errcode: None,
@@ -117,9 +126,29 @@ pub fn ambiguous_failure(app: &str, errmsg: impl Into<String>) -> Failure {
     }
 }
 
+/// Why WeChat may have accepted a send that no answer confirmed.
+#[derive(Debug, Clone, Copy)]
+pub enum Unconfirmed<'a> {
+    /// An earlier claim lapsed: its worker died or lost Redis in the middle of a send.
+    LapsedClaim,
+    /// This worker's call went out and no answer came (`cause` says how).
+    NoAnswer { cause: &'a str },
+}
+
+const LAPSED_CLAIM: &str =
+    "a previous attempt ended without an answer from WeChat; it may have been delivered";
+
+impl Unconfirmed<'_> {
+    fn errmsg(self) -> String {
+        match self {
+            Unconfirmed::LapsedClaim => LAPSED_CLAIM.to_owned(),
+            Unconfirmed::NoAnswer { cause } => format!("{cause}; it may have been delivered"),
+        }
+    }
+}
+
 /// `policy.on_ambiguous`, applied wherever WeChat may have accepted a send that no answer
-/// confirmed: a claim that lapsed under another worker, or this worker's call that timed
-/// out. `Ok` means "send again"; under `"dead_letter"` the event is first recorded as
+/// confirmed. `Ok` means "send again"; under `"dead_letter"` the event is first recorded as
 /// ambiguous in Redis (terminal until replayed, so no redelivery can send it), then its
 /// dead letter is the answer.
 pub async fn on_ambiguous(
@@ -128,15 +157,17 @@ pub async fn on_ambiguous(
     replayed: i64,
     attempts: u32,
     app: &str,
-    cause: &str,
+    why: Unconfirmed<'_>,
 ) -> Result<(), Disposition> {
     match ctx.config.policy.on_ambiguous {
         OnAmbiguous::Resend => {
             metrics::counter!(m::AMBIGUOUS, "action" => "resend").increment(1);
-            tracing::warn!(
-                cause,
-                "WeChat may have accepted an earlier attempt; sending again (policy.on_ambiguous = \"resend\")"
-            );
+            // A call without an answer is logged with its retry; a lapsed claim only here.
+            if let Unconfirmed::LapsedClaim = why {
+                tracing::warn!(
+                    "a previous attempt ended without an answer; sending again (policy.on_ambiguous = \"resend\")"
+                );
+            }
             Ok(())
         }
         OnAmbiguous::DeadLetter => {
@@ -149,7 +180,7 @@ pub async fn on_ambiguous(
                 .map_err(|e| Disposition::redis("mark ambiguous", e))?;
             Err(Disposition::DeadLetter {
                 attempts,
-                failure: ambiguous_failure(app, cause),
+                failure: ambiguous_failure(app, why.errmsg()),
             })
         }
     }

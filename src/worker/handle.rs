@@ -14,7 +14,7 @@ use tracing::Span;
 use super::Ctx;
 use super::breaker::Gate;
 use super::disposition::{
-    Disposition, after_failure, ambiguous_failure, invalid, on_ambiguous, retry_or_dead,
+    Disposition, Unconfirmed, after_failure, ambiguous_again, invalid, on_ambiguous, retry_or_dead,
 };
 use super::send::{self, Attempt};
 use crate::admin::metrics as m;
@@ -160,9 +160,6 @@ pub(super) fn token_failure(ctx: &Ctx, app: &str, attempts: u32, error: TokenErr
     }
 }
 
-const PREVIOUS_ATTEMPT: &str =
-    "a previous attempt ended without an answer from WeChat; it may have been delivered";
-
 /// Claims the event for this delivery; ends the message when it is not ours to send.
 async fn claim(
     ctx: &Ctx,
@@ -188,12 +185,7 @@ async fn claim(
             return Err(Disposition::Duplicate);
         }
         Claim::Busy => return Err(Disposition::Later),
-        Claim::AmbiguousDeadLettered => {
-            return Err(Disposition::DeadLetter {
-                attempts: history.attempts,
-                failure: ambiguous_failure(app, PREVIOUS_ATTEMPT),
-            });
-        }
+        Claim::AmbiguousDeadLettered => return Err(ambiguous_again(history.attempts, app)),
         Claim::Fresh { openid } => openid,
         Claim::Ambiguous { openid } => {
             on_ambiguous(
@@ -202,7 +194,7 @@ async fn claim(
                 history.replayed,
                 history.attempts,
                 app,
-                PREVIOUS_ATTEMPT,
+                Unconfirmed::LapsedClaim,
             )
             .await?;
             openid

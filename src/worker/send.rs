@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::Ctx;
-use super::disposition::{Disposition, after_failure, on_ambiguous, retry_or_dead};
+use super::disposition::{Disposition, Unconfirmed, after_failure, on_ambiguous, retry_or_dead};
 use super::handle::token_failure;
 use crate::admin::metrics as m;
 use crate::broker::dead_letter::{Failure, FailureClass};
@@ -95,9 +95,9 @@ async fn sent(ctx: &Ctx, this: &Attempt<'_>, msgid: u64) -> Disposition {
 /// The call went out and no answer came: WeChat may have accepted it.
 async fn unanswered(ctx: &Ctx, this: &Attempt<'_>, error: &CallError) -> Disposition {
     let attempts = this.attempts + 1;
-    let cause = format!("send: {error}; it may have been delivered");
-    if let Err(fate) = on_ambiguous(ctx, this.key, this.replayed, attempts, this.app, &cause).await
-    {
+    let cause = format!("send: {error}");
+    let why = Unconfirmed::NoAnswer { cause: &cause };
+    if let Err(fate) = on_ambiguous(ctx, this.key, this.replayed, attempts, this.app, why).await {
         return fate;
     }
     mark_failed_as(ctx, this.key, "ambiguous").await;

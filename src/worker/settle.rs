@@ -1,5 +1,6 @@
 //! Carrying out a [`Disposition`]: ack, or first publish the retry / dead letter and ack only
-//! once the broker confirmed it (acks go out in batches, see `acker.rs`). If that publish fails, the message is handed back
+//! once the broker confirmed it (plain acks go out in batches, see `acker.rs`; acks after a
+//! republish at once). If that publish fails, the message is handed back
 //! (nack + requeue), never lost.
 
 use lapin::BasicProperties;
@@ -52,16 +53,14 @@ pub async fn settle(
         .publish("", &step.queue, &delivery.data, properties)
         .await;
     match published {
-        Ok(()) if matches!(disposition, Disposition::DeadLetter { .. }) => {
-            record_dead(ctx, delivery).await;
-            // Acked at once, not batched: between a confirmed dead letter and its ack, a
-            // crash would bring the message back.
+        Ok(()) => {
+            if matches!(disposition, Disposition::DeadLetter { .. }) {
+                record_dead(ctx, delivery).await;
+            }
+            // Acked at once, not batched: between a confirmed republish and its ack, a
+            // crash leaves two copies of the message (the original comes back).
             let _ = delivery.ack(BasicAckOptions::default()).await;
             acker.settled_elsewhere(delivery.delivery_tag);
-            step.label
-        }
-        Ok(()) => {
-            acker.ack(delivery.delivery_tag);
             step.label
         }
         Err(e) => {
