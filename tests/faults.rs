@@ -195,6 +195,8 @@ impl Fleet {
         set(&mut table, "retry", "max", "1s");
         set(&mut table, "retry", "token_retries", 1);
         set(&mut table, "policy", "on_ambiguous", policy.as_str());
+        // The test Redis keeps nothing on disk; these tests are about the worker, not Redis.
+        set(&mut table, "policy", "unsafe_redis", true);
         set(&mut table, "worker", "shutdown_grace", "5s");
         tweak(&mut table);
         let text = toml::to_string(&table).expect("config serializes");

@@ -483,6 +483,7 @@ async fn ambiguous_send_is_dead_lettered_under_on_ambiguous_dead_letter() {
     let app = TestApp::start_with("ambiguous-dl", MockOptions::default(), |c| {
         c.wechat.timeout = Duration::from_secs(1);
         c.policy.on_ambiguous = OnAmbiguous::DeadLetter;
+        c.policy.unsafe_redis = true; // the test Redis keeps nothing on disk
     })
     .await;
     let worker = app.worker().await;
@@ -503,6 +504,7 @@ async fn an_ambiguous_dead_letter_is_never_sent_by_redelivery_only_by_replay() {
     let app = TestApp::start_with("ambiguous-replay", MockOptions::default(), |c| {
         c.wechat.timeout = Duration::from_secs(1);
         c.policy.on_ambiguous = OnAmbiguous::DeadLetter;
+        c.policy.unsafe_redis = true; // the test Redis keeps nothing on disk
     })
     .await;
     let worker = app.worker().await;

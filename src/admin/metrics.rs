@@ -22,9 +22,19 @@ pub const IN_FLIGHT: &str = "wxpush_in_flight";
 pub const CONSUMER_UP: &str = "wxpush_consumer_up";
 pub const READY: &str = "wxpush_ready";
 pub const APP_CREDENTIAL_FAILED: &str = "wxpush_app_credential_failed";
+pub const REDIS_UNSAFE: &str = "wxpush_redis_unsafe";
+pub const REDIS_DATA_LOST: &str = "wxpush_redis_data_lost_total";
 
 /// Registers help texts and units; call once after installing the recorder.
 pub fn describe() {
+    describe_gauge!(
+        REDIS_UNSAFE,
+        "1 when on_ambiguous = dead_letter runs on a Redis that can evict or lose event records (policy.unsafe_redis)."
+    );
+    describe_counter!(
+        REDIS_DATA_LOST,
+        "Times this worker found that Redis had lost wxpush's data (the epoch key gone)."
+    );
     describe_counter!(
         EVENTS_CONSUMED,
         "Event messages taken from the events queue, by type."

@@ -31,6 +31,7 @@ const APP: &str = "x-wxpush-app";
 const REPLAYED: &str = "x-wxpush-replayed";
 const DEAD_AT: &str = "x-wxpush-dead-at";
 const PARKED: &str = "x-wxpush-parked";
+const BUSY: &str = "x-wxpush-busy";
 
 /// Every header this module owns, for listings that want to tell ours from the rest.
 pub const HEADER_NAMES: &[&str] = &[
@@ -43,6 +44,7 @@ pub const HEADER_NAMES: &[&str] = &[
     REPLAYED,
     DEAD_AT,
     PARKED,
+    BUSY,
 ];
 
 /// Why a message failed: the `x-wxpush-error` header, a `class` filter of `replay`, a label
@@ -173,6 +175,20 @@ pub fn for_park(mut headers: FieldTable, app: &str) -> FieldTable {
     headers
 }
 
+/// The headers of a message that found its event claimed by another delivery and goes
+/// round once more: how often that happened (evidence, if Redis later has no state for the
+/// event, that it was handled before: see `store::claims`).
+pub fn for_later(mut headers: FieldTable) -> FieldTable {
+    let busy = h::get_i64(&headers, BUSY).unwrap_or(0).saturating_add(1);
+    h::set_i64(&mut headers, BUSY, busy);
+    headers
+}
+
+/// How often the message found its event busy (0 when never).
+pub fn times_busy(headers: &FieldTable) -> i64 {
+    h::get_i64(headers, BUSY).unwrap_or(0)
+}
+
 /// The headers a replayed message carries: the failure removed, the replay counted (so the
 /// worker claims the event afresh, see `store::claims`).
 pub fn for_replay(dead: &FieldTable) -> FieldTable {
@@ -186,6 +202,7 @@ pub fn for_replay(dead: &FieldTable) -> FieldTable {
             FIRST_FAILED_AT,
             DEAD_AT,
             PARKED,
+            BUSY,
         ],
     );
     h::set_i64(&mut headers, REPLAYED, replays(dead).saturating_add(1));
@@ -362,6 +379,14 @@ mod tests {
         assert_eq!(names, ["x-other", APP, REPLAYED]);
         assert_eq!(replays(&replayed), 3);
         assert_eq!(replays(&for_replay(&FieldTable::default())), 1);
+    }
+
+    #[test]
+    fn going_round_while_busy_is_counted_and_replay_forgets_it() {
+        let twice = for_later(for_later(FieldTable::default()));
+        assert_eq!(times_busy(&twice), 2);
+        assert_eq!(attempts(&twice), 0);
+        assert_eq!(times_busy(&for_replay(&twice)), 0);
     }
 
     #[test]

@@ -196,6 +196,9 @@ pub struct PolicyConfig {
     pub on_ambiguous: OnAmbiguous,
     #[serde(with = "humantime_serde")]
     pub idempotency_ttl: Duration,
+    /// Run even when Redis can evict or lose keys although `on_ambiguous = "dead_letter"`
+    /// promises "never twice" (warned about loudly and counted in metrics).
+    pub unsafe_redis: bool,
 }
 
 impl Default for PolicyConfig {
@@ -205,6 +208,7 @@ impl Default for PolicyConfig {
             overflow: Overflow::Truncate,
             on_ambiguous: OnAmbiguous::Resend,
             idempotency_ttl: Duration::from_secs(7 * 24 * 3600),
+            unsafe_redis: false,
         }
     }
 }

@@ -1,30 +1,47 @@
-//! Never sending an event twice: each event id has a small hash in Redis.
+//! Never sending an event twice: each event id has a small hash in Redis, changed only by
+//! the scripts below, each of which takes its own keys only.
 //!
 //! `state` is one of:
-//! - `claimed`: a worker is sending it, until `deadline_ms`;
+//! - `claimed`: the delivery holding `claim_id` may send it, until `deadline_ms` (Redis
+//!   time). Its worker renews the deadline every couple of seconds while it works on the
+//!   event ([`renew`]), so a killed worker's claims lapse within [`CLAIM_LEASE`];
 //! - `sent`: WeChat accepted it (terminal);
 //! - `failed`: a definite refusal or transport failure; the next attempt may claim it again;
-//! - `ambiguous`: to be dead-lettered as such under `on_ambiguous = "dead_letter"`; a
-//!   redelivery is dead-lettered, never sent;
+//! - `dead_pending`: its dead letter is being published, with the reason recorded
+//!   (`dl_class`, `dl_errcode`, `dl_errmsg`). Written *before* the publish, so a crash or a
+//!   failed publish can never lead to a send: a redelivery dead-letters it again. (`ambiguous`,
+//!   written by earlier versions, reads the same with the class `ambiguous`.);
 //! - `dead`: its dead letter was confirmed; a redelivery (a crash between the confirm and
 //!   the ack) is acked without a second dead letter.
 //!
-//! `ambiguous` and `dead` are terminal until an operator replays the message: a replay raises
-//! `x-wxpush-replayed` above the count recorded with the state, and the event starts over.
-//! The hash also remembers the openid a `js_code` was exchanged for, so a retry never spends
-//! the single-use code twice.
+//! `dead_pending` and `dead` are terminal until an operator replays the message: a replay
+//! raises `x-wxpush-replayed` above the count recorded with the state, and the event starts
+//! over. The hash also remembers the openid a `js_code` was exchanged for, so a retry never
+//! spends the single-use code twice.
 //!
-//! A claim that expired without an answer means its worker died, or lost its connection,
-//! in the middle: WeChat may have accepted the send. That is *ambiguous*, and the caller
-//! applies `policy.on_ambiguous`. The deadline comes from Redis's clock, so workers'
-//! clocks do not matter.
+//! Every transition but `sent` checks the claim id: a delivery can only change the state of
+//! the claim it holds, never a newer claim of the same event (another copy, or a later
+//! attempt of the same process).
+//!
+//! A claim that lapsed without an answer means its worker died, or lost Redis, in the
+//! middle: WeChat may have accepted the send. That is *ambiguous*, and the caller applies
+//! `policy.on_ambiguous`. So is an event with no state at all whose delivery shows it was
+//! handled before (redelivered, retried, or once found busy) while Redis's data is younger
+//! than the loss window: Redis lost the state (a restart without persistence, a flush), so
+//! "no state" cannot be read as "never sent". The epoch key tells: every worker writes it
+//! (value 0, no TTL) before it consumes; a claim that finds it missing knows Redis lost its
+//! data and writes the time of the loss there, which starts the loss window for every worker.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, Script};
 
-/// Claim result: `{state, openid}`; see the module docs.
+/// How long a claim stays live without renewal: a killed worker's events are decided this
+/// long (plus a retry tier's delay) after it died.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(6);
+
+/// The claim script; see the module docs. Returns `{answer, openid, [class, errcode, errmsg]}`.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"local t = redis.call('TIME')
@@ -32,52 +49,103 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local state = redis.call('HGET', KEYS[1], 'state')
 local openid = redis.call('HGET', KEYS[1], 'openid') or ''
 if state == 'sent' then return {'sent', openid} end
-if (state == 'dead' or state == 'ambiguous')
+if (state == 'dead' or state == 'dead_pending' or state == 'ambiguous')
   and tonumber(ARGV[4]) <= tonumber(redis.call('HGET', KEYS[1], 'replayed') or '0') then
   if state == 'dead' then return {'dead', openid} end
-  return {'ambiguous_dead', openid}
+  local f = redis.call('HMGET', KEYS[1], 'dl_class', 'dl_errcode', 'dl_errmsg')
+  return {'dead_pending', openid, f[1] or 'ambiguous', f[2] or '', f[3] or ''}
 end
-local answer = 'claimed'
+local answer = 'fresh'
 if state == 'claimed' then
   local deadline = tonumber(redis.call('HGET', KEYS[1], 'deadline_ms') or '0')
   if deadline > now then return {'busy', openid} end
   answer = 'ambiguous'
+elseif not state then
+  local lost_at = tonumber(redis.call('GET', KEYS[2]) or '')
+  if not lost_at then
+    redis.call('SET', KEYS[2], now)
+    lost_at = now
+  end
+  if ARGV[5] == '1' and lost_at > 0 and now - lost_at < tonumber(ARGV[6]) then answer = 'lost' end
 end
-redis.call('HSET', KEYS[1], 'state', 'claimed', 'owner', ARGV[1], 'deadline_ms', now + tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], 'state', 'claimed', 'claim_id', ARGV[1], 'deadline_ms', now + tonumber(ARGV[2]))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {answer, openid}",
     )
 });
 
-/// Records that the event is dead-lettered as ambiguous: terminal unless replayed. Written
-/// before the dead letter is published, so a failed publish or a crash cannot lead to a send.
-static AMBIGUOUS: LazyLock<Script> = LazyLock::new(|| {
+/// Extends a claim if it is still this one's; 1 when it is.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"if redis.call('HGET', KEYS[1], 'state') == 'sent' then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'ambiguous', 'replayed', ARGV[1])
+        r"if redis.call('HGET', KEYS[1], 'claim_id') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'claimed' then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'deadline_ms', now + tonumber(ARGV[2]))
 return 1",
     )
 });
 
-/// Records that the event's dead letter is confirmed (terminal unless replayed).
+/// Records a definite failure, if the claim is still this one's.
+static FAIL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('HGET', KEYS[1], 'claim_id') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'claimed' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'failed', 'errcode', ARGV[2])
+return 1",
+    )
+});
+
+/// Records that the event is being dead-lettered, if the claim is still this one's.
+static DEAD_PENDING: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('HGET', KEYS[1], 'claim_id') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'claimed' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'dead_pending', 'replayed', ARGV[2], 'dl_class', ARGV[3], 'dl_errcode', ARGV[4], 'dl_errmsg', ARGV[5])
+return 1",
+    )
+});
+
+/// Records that the event's dead letter is confirmed; only from `dead_pending`.
 static DEAD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"if redis.call('HGET', KEYS[1], 'state') == 'sent' then return 0 end
+        r"local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'dead_pending' and state ~= 'ambiguous' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'dead', 'replayed', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1",
     )
 });
 
-/// Records a definite failure, unless another worker has meanwhile taken the event over or
-/// sent it.
-static FAIL: LazyLock<Script> = LazyLock::new(|| {
+/// Remembers a js_code's openid on the claim; never creates a key (that would have no TTL).
+static OPENID: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'claimed' then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'failed', 'errcode', ARGV[2])
+        r"if redis.call('HGET', KEYS[1], 'claim_id') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'openid', ARGV[2])
 return 1",
     )
 });
+
+/// One claim: unique per claim taken, so a stale task can never act on a newer claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimId(String);
+
+impl ClaimId {
+    pub fn new() -> ClaimId {
+        ClaimId(uuid::Uuid::new_v4().simple().to_string())
+    }
+}
+
+impl Default for ClaimId {
+    fn default() -> ClaimId {
+        ClaimId::new()
+    }
+}
+
+/// The reason recorded with `dead_pending`, to dead-letter a redelivery the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingDeadLetter {
+    pub class: String,
+    pub errcode: Option<i64>,
+    pub errmsg: String,
+}
 
 /// What the claim found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,44 +154,112 @@ pub enum Claim {
     Fresh { openid: Option<String> },
     /// Already sent: ack without sending.
     AlreadySent,
-    /// Another worker is sending it right now.
+    /// Another delivery holds a live claim on it right now.
     Busy,
-    /// A previous claim expired without an answer; ours now, but it may have been sent.
+    /// A previous claim lapsed without an answer; ours now, but it may have been sent.
     Ambiguous { openid: Option<String> },
-    /// Marked ambiguous but its dead letter not confirmed (and not replayed since):
-    /// dead-letter it, never send it.
-    AmbiguousDeadLettered,
+    /// No state, but the delivery was handled before and Redis's data is younger than the
+    /// loss window: the state was lost. Ours now, and as ambiguous as a lapsed claim.
+    Lost,
+    /// Its dead letter was decided but not confirmed (and it was not replayed since):
+    /// dead-letter it again with the recorded reason, never send it.
+    DeadLetterPending(PendingDeadLetter),
     /// Its dead letter was confirmed (and it was not replayed since): ack, nothing more.
     AlreadyDead,
 }
 
-/// Claims the event for `owner` for at most `hold` (then it is ambiguous); the record
-/// lives `ttl`. `replayed` is the message's `x-wxpush-replayed` count.
+/// What a claim needs to know about the delivery and the deployment.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest<'a> {
+    pub key: &'a str,
+    /// The epoch key (see the module docs).
+    pub epoch_key: &'a str,
+    pub claim_id: &'a ClaimId,
+    /// The event record's lifetime (`policy.idempotency_ttl`).
+    pub ttl: Duration,
+    /// The message's `x-wxpush-replayed` count.
+    pub replayed: i64,
+    /// The delivery shows it was handled before (redelivered, retried, found busy).
+    pub seen_before: bool,
+    /// How long after Redis lost its data "no state" is suspect.
+    pub loss_window: Duration,
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+/// Claims the event for `claim_id` for [`CLAIM_LEASE`] (renewed by [`renew`]).
 pub async fn claim(
     conn: &mut impl redis::aio::ConnectionLike,
-    key: &str,
-    owner: &str,
-    hold: Duration,
-    ttl: Duration,
-    replayed: i64,
+    request: &ClaimRequest<'_>,
 ) -> redis::RedisResult<Claim> {
-    let (state, openid): (String, String) = CLAIM
-        .key(key)
-        .arg(owner)
-        .arg(hold.as_millis() as u64)
-        .arg(ttl.as_millis() as u64)
-        .arg(replayed)
+    let reply: Vec<String> = CLAIM
+        .key(request.key)
+        .key(request.epoch_key)
+        .arg(&request.claim_id.0)
+        .arg(ms(CLAIM_LEASE))
+        .arg(ms(request.ttl))
+        .arg(request.replayed)
+        .arg(if request.seen_before { "1" } else { "0" })
+        .arg(ms(request.loss_window))
         .invoke_async(conn)
         .await?;
-    let openid = (!openid.is_empty()).then_some(openid);
-    Ok(match state.as_str() {
+    let field = |i: usize| reply.get(i).cloned().unwrap_or_default();
+    let openid = Some(field(1)).filter(|s| !s.is_empty());
+    Ok(match field(0).as_str() {
         "sent" => Claim::AlreadySent,
         "busy" => Claim::Busy,
         "ambiguous" => Claim::Ambiguous { openid },
-        "ambiguous_dead" => Claim::AmbiguousDeadLettered,
+        "lost" => Claim::Lost,
         "dead" => Claim::AlreadyDead,
+        "dead_pending" => Claim::DeadLetterPending(PendingDeadLetter {
+            class: field(2),
+            errcode: field(3).parse().ok(),
+            errmsg: field(4),
+        }),
         _ => Claim::Fresh { openid },
     })
+}
+
+/// Extends the claim by [`CLAIM_LEASE`] if it is still `claim_id`'s; `false` when it is not
+/// (another delivery claimed the event, or its state changed, or Redis lost it).
+pub async fn renew(
+    conn: &mut impl redis::aio::ConnectionLike,
+    key: &str,
+    claim_id: &ClaimId,
+) -> redis::RedisResult<bool> {
+    let renewed: i64 = RENEW
+        .key(key)
+        .arg(&claim_id.0)
+        .arg(ms(CLAIM_LEASE))
+        .invoke_async(conn)
+        .await?;
+    Ok(renewed == 1)
+}
+
+/// Renews many claims in one round trip; the result says, per claim, whether it was renewed.
+pub async fn renew_all(
+    conn: &mut impl redis::aio::ConnectionLike,
+    claims: &[(String, ClaimId)],
+) -> redis::RedisResult<Vec<bool>> {
+    if claims.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for (key, claim_id) in claims {
+        pipe.invoke_script(RENEW.key(key).arg(&claim_id.0).arg(ms(CLAIM_LEASE)));
+    }
+    let renewed: Vec<i64> = match pipe.query_async(conn).await {
+        Ok(renewed) => renewed,
+        // EVALSHA fails with NOSCRIPT after a Redis restart: load the script once, retry.
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            let _: String = RENEW.prepare_invoke().load_async(conn).await?;
+            pipe.query_async(conn).await?
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(renewed.into_iter().map(|r| r == 1).collect())
 }
 
 /// Marks the event sent. Unconditional: "sent" is the truth whoever holds the claim.
@@ -143,64 +279,113 @@ pub async fn mark_sent(
         .ignore()
         .cmd("PEXPIRE")
         .arg(key)
-        .arg(ttl.as_millis() as u64)
+        .arg(ms(ttl))
         .ignore()
         .query_async(conn)
         .await
 }
 
-/// Records a definite failure so the next attempt claims afresh (not as ambiguous).
+/// Records a definite failure so the next attempt claims afresh (not as ambiguous), if the
+/// claim is still `claim_id`'s.
 pub async fn mark_failed(
     conn: &mut impl redis::aio::ConnectionLike,
     key: &str,
-    owner: &str,
+    claim_id: &ClaimId,
     errcode: &str,
 ) -> redis::RedisResult<()> {
     let _: i64 = FAIL
         .key(key)
-        .arg(owner)
+        .arg(&claim_id.0)
         .arg(errcode)
         .invoke_async(conn)
         .await?;
     Ok(())
 }
 
-/// Marks the event dead-lettered as ambiguous (see [`Claim::AmbiguousDeadLettered`]).
-pub async fn mark_ambiguous(
+/// Records that the event is being dead-lettered for `pending`'s reason, if the claim is
+/// still `claim_id`'s; `false` when it is not (then another delivery carries the event).
+pub async fn mark_dead_pending(
     conn: &mut impl redis::aio::ConnectionLike,
     key: &str,
+    claim_id: &ClaimId,
     replayed: i64,
-) -> redis::RedisResult<()> {
-    let _: i64 = AMBIGUOUS.key(key).arg(replayed).invoke_async(conn).await?;
-    Ok(())
+    pending: &PendingDeadLetter,
+) -> redis::RedisResult<bool> {
+    let marked: i64 = DEAD_PENDING
+        .key(key)
+        .arg(&claim_id.0)
+        .arg(replayed)
+        .arg(&pending.class)
+        .arg(pending.errcode.map(|c| c.to_string()).unwrap_or_default())
+        .arg(&pending.errmsg)
+        .invoke_async(conn)
+        .await?;
+    Ok(marked == 1)
 }
 
-/// Marks the event's dead letter confirmed (see [`Claim::AlreadyDead`]).
+/// Marks the event's dead letter confirmed (see [`Claim::AlreadyDead`]); only from
+/// `dead_pending`, so it can never overwrite a live claim or a sent event.
 pub async fn mark_dead(
     conn: &mut impl redis::aio::ConnectionLike,
     key: &str,
     replayed: i64,
     ttl: Duration,
-) -> redis::RedisResult<()> {
-    let _: i64 = DEAD
+) -> redis::RedisResult<bool> {
+    let marked: i64 = DEAD
         .key(key)
         .arg(replayed)
-        .arg(ttl.as_millis() as u64)
+        .arg(ms(ttl))
         .invoke_async(conn)
         .await?;
-    Ok(())
+    Ok(marked == 1)
 }
 
-/// Remembers the openid a js_code was exchanged for.
+/// Remembers the openid a js_code was exchanged for, on `claim_id`'s claim; `false` when the
+/// claim is no longer there to hold it.
 pub async fn remember_openid(
     conn: &mut impl redis::aio::ConnectionLike,
     key: &str,
+    claim_id: &ClaimId,
     openid: &str,
-) -> redis::RedisResult<()> {
-    redis::cmd("HSET")
-        .arg(key)
-        .arg("openid")
+) -> redis::RedisResult<bool> {
+    let kept: i64 = OPENID
+        .key(key)
+        .arg(&claim_id.0)
         .arg(openid)
+        .invoke_async(conn)
+        .await?;
+    Ok(kept == 1)
+}
+
+/// Writes the epoch key at a worker's start if it is missing (a new deployment: value 0,
+/// no loss); `true` when it had to be written.
+pub async fn ensure_epoch(
+    conn: &mut impl redis::aio::ConnectionLike,
+    epoch_key: &str,
+) -> redis::RedisResult<bool> {
+    let created: Option<String> = redis::cmd("SET")
+        .arg(epoch_key)
+        .arg(0)
+        .arg("NX")
         .query_async(conn)
-        .await
+        .await?;
+    Ok(created.is_some())
+}
+
+/// Checks, while running, that Redis still has the epoch key; when it does not, Redis lost
+/// its data: the key is written with the time of the loss (starting the loss window) and
+/// `true` is returned so the worker can say so loudly.
+pub async fn detect_loss(
+    conn: &mut impl redis::aio::ConnectionLike,
+    epoch_key: &str,
+) -> redis::RedisResult<bool> {
+    let time: (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+    let now_ms = time.0 * 1000 + time.1 / 1000;
+    let created: Option<String> = redis::cmd("SET")
+        .arg(epoch_key)
+        .arg(now_ms)
+        .arg("NX")
+        .query_async(conn)
+        .await?;
+    Ok(created.is_some())
 }

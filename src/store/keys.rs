@@ -26,6 +26,11 @@ impl Keys {
         format!("{}:token-lock:{{{appid}}}", self.prefix)
     }
 
+    /// When Redis last lost its data (0: never seen lost); no TTL (see `store::claims`).
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
+
     /// Hash with an event's delivery state (see `store::claims`).
     pub fn event(&self, event_id: &str) -> String {
         format!("{}:event:{{{event_id}}}", self.prefix)

@@ -15,6 +15,7 @@
 //! with their callers (`worker`, `token`); this module only knows how it is written down.
 
 pub mod claims;
+pub mod durability;
 pub mod keys;
 pub mod lease;
 pub mod token_record;

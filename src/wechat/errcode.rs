@@ -133,9 +133,13 @@ pub fn classify_call(error: &CallError) -> ErrorClass {
 }
 
 /// Whether WeChat may have accepted the call although no answer said so: the request went
-/// out and nothing definite came back.
+/// out and nothing definite came back. 502, 503 and 504 come from a gateway in front of
+/// WeChat's servers, which may have passed the request on before it gave up.
 pub fn is_ambiguous(error: &CallError) -> bool {
-    matches!(error, CallError::Timeout | CallError::Broken(_))
+    matches!(
+        error,
+        CallError::Timeout | CallError::Broken(_) | CallError::Http { status: 502..=504 }
+    )
 }
 
 /// The label for a failed call in metrics: the class, or `timeout` for calls never answered.
@@ -183,6 +187,12 @@ mod tests {
         assert_eq!(classify_call(&CallError::Timeout), ErrorClass::Transient);
         assert!(is_ambiguous(&CallError::Timeout));
         assert!(!is_ambiguous(&CallError::Connect("refused".into())));
+        for status in [502, 503, 504] {
+            assert!(is_ambiguous(&CallError::Http { status }), "{status}");
+        }
+        for status in [500, 501, 505, 429] {
+            assert!(!is_ambiguous(&CallError::Http { status }), "{status}");
+        }
         assert_eq!(
             classify_call(&CallError::Http { status: 502 }),
             ErrorClass::Transient

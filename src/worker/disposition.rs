@@ -5,10 +5,15 @@
 //! meaning does to *this* message under the configured policies is [`after_failure`] here,
 //! and `policy.on_ambiguous` is [`on_ambiguous`] here. Nothing else decides either.
 
+// Phases return `Result<_, Disposition>`: the fate is moved once per message, so boxing it
+// would only add an allocation.
+#![allow(clippy::result_large_err)]
+
 use crate::admin::metrics as m;
 use crate::broker::dead_letter::{Failure, FailureClass};
 use crate::config::{OnAmbiguous, OnRefused};
-use crate::store::{StoreError, claims};
+use crate::store::StoreError;
+use crate::store::claims::ClaimId;
 use crate::wechat::errcode::Action;
 
 use super::Ctx;
@@ -29,14 +34,43 @@ pub enum Disposition {
     /// The app's credentials are refused: hold the message, no attempt spent.
     Park { app: String },
     /// Never deliverable (or out of attempts): to the dead-letter queue.
-    DeadLetter { attempts: u32, failure: Failure },
+    DeadLetter {
+        attempts: u32,
+        failure: Failure,
+        record: DeadRecord,
+    },
     /// Redis cannot be reached, so nothing about the event can be decided safely: the
     /// message goes back to the queue unacked and the session stops consuming until Redis
     /// is back.
     RedisUnavailable(StoreError),
 }
 
+/// What the event's Redis record says around its dead letter (see `store::claims`).
+#[derive(Debug, Clone, Default)]
+pub enum DeadRecord {
+    /// None: the delivery never held a claim (unparsable, invalid, or not ours to decide).
+    #[default]
+    Unrecorded,
+    /// This delivery holds the claim: mark `dead_pending` before the publish, `dead` after.
+    Claimed {
+        key: String,
+        claim_id: ClaimId,
+        replayed: i64,
+    },
+    /// The record already says `dead_pending` (a redelivery): publish, then mark `dead`.
+    Pending { key: String, replayed: i64 },
+}
+
 impl Disposition {
+    /// A dead letter with no Redis record yet (the caller adds the claim, if it holds one).
+    pub fn dead_letter(attempts: u32, failure: Failure) -> Disposition {
+        Disposition::DeadLetter {
+            attempts,
+            failure,
+            record: DeadRecord::Unrecorded,
+        }
+    }
+
     /// Shorthand for a Redis failure while doing `action`.
     pub fn redis(
         action: &'static str,
@@ -54,21 +88,21 @@ impl From<StoreError> for Disposition {
 
 /// A message that can never be sent as it is (it never reached WeChat).
 pub fn invalid(message: impl Into<String>, app: Option<&str>) -> Disposition {
-    Disposition::DeadLetter {
-        attempts: 0,
-        failure: Failure {
+    Disposition::dead_letter(
+        0,
+        Failure {
             class: FailureClass::Invalid,
             errcode: None,
             errmsg: message.into(),
             app: app.map(str::to_owned),
         },
-    }
+    )
 }
 
 /// Retry, unless that was the last attempt `retry.max_attempts` allows.
 pub fn retry_or_dead(ctx: &Ctx, attempts: u32, failure: Failure) -> Disposition {
     if attempts >= ctx.config.retry.max_attempts {
-        Disposition::DeadLetter { attempts, failure }
+        Disposition::dead_letter(attempts, failure)
     } else {
         Disposition::Retry { attempts, failure }
     }
@@ -90,7 +124,7 @@ pub fn after_failure(
                 app: app.to_owned(),
             }
         }
-        Action::DeadLetter => Disposition::DeadLetter { attempts, failure },
+        Action::DeadLetter => Disposition::dead_letter(attempts, failure),
         Action::ApplyRefusedPolicy => match ctx.config.policy.on_refused {
             OnRefused::Drop => {
                 metrics::counter!(m::REFUSED_DROPPED).increment(1);
@@ -99,7 +133,7 @@ pub fn after_failure(
                 );
                 Disposition::Dropped
             }
-            OnRefused::DeadLetter => Disposition::DeadLetter { attempts, failure },
+            OnRefused::DeadLetter => Disposition::dead_letter(attempts, failure),
         },
         // A stale token that is still stale after the refreshes a message may make is a
         // failure like any transient one.
@@ -107,12 +141,61 @@ pub fn after_failure(
     }
 }
 
-/// The dead letter of an event marked ambiguous earlier (its dead letter not yet
-/// confirmed): dead-letter it again, never send it.
-pub fn ambiguous_again(attempts: u32, app: &str) -> Disposition {
-    Disposition::DeadLetter {
-        attempts,
-        failure: ambiguous_failure(app, LAPSED_CLAIM),
+/// Why WeChat may have accepted a send that no answer confirmed.
+#[derive(Debug, Clone, Copy)]
+pub enum Unconfirmed<'a> {
+    /// An earlier claim lapsed: its worker died or lost Redis in the middle of a send.
+    LapsedClaim,
+    /// The event has no state although it was handled before: Redis lost it.
+    LostState,
+    /// This worker's call went out and no answer came (`cause` says how).
+    NoAnswer { cause: &'a str },
+}
+
+const LAPSED_CLAIM: &str =
+    "a previous attempt ended without an answer from WeChat; it may have been delivered";
+const LOST_STATE: &str =
+    "Redis lost this event's delivery state after it was handled; it may have been delivered";
+
+impl Unconfirmed<'_> {
+    fn errmsg(self) -> String {
+        match self {
+            Unconfirmed::LapsedClaim => LAPSED_CLAIM.to_owned(),
+            Unconfirmed::LostState => LOST_STATE.to_owned(),
+            Unconfirmed::NoAnswer { cause } => format!("{cause}; it may have been delivered"),
+        }
+    }
+}
+
+/// `policy.on_ambiguous`, applied wherever WeChat may have accepted a send that no answer
+/// confirmed. `Ok` means "send again"; `Err` is the dead letter (`"dead_letter"`), which
+/// `settle` records as `dead_pending` on the claim before publishing it, so no redelivery
+/// can send the event.
+pub fn on_ambiguous(
+    ctx: &Ctx,
+    attempts: u32,
+    app: &str,
+    why: Unconfirmed<'_>,
+) -> Result<(), Disposition> {
+    match ctx.config.policy.on_ambiguous {
+        OnAmbiguous::Resend => {
+            metrics::counter!(m::AMBIGUOUS, "action" => "resend").increment(1);
+            // A call without an answer is logged with its retry; the others only here.
+            if !matches!(why, Unconfirmed::NoAnswer { .. }) {
+                tracing::warn!(
+                    reason = %why.errmsg(),
+                    "a previous attempt ended without an answer; sending again (policy.on_ambiguous = \"resend\")"
+                );
+            }
+            Ok(())
+        }
+        OnAmbiguous::DeadLetter => {
+            metrics::counter!(m::AMBIGUOUS, "action" => "dead_letter").increment(1);
+            Err(Disposition::dead_letter(
+                attempts,
+                ambiguous_failure(app, why.errmsg()),
+            ))
+        }
     }
 }
 
@@ -123,65 +206,5 @@ fn ambiguous_failure(app: &str, errmsg: impl Into<String>) -> Failure {
         errcode: None,
         errmsg: errmsg.into(),
         app: Some(app.to_owned()),
-    }
-}
-
-/// Why WeChat may have accepted a send that no answer confirmed.
-#[derive(Debug, Clone, Copy)]
-pub enum Unconfirmed<'a> {
-    /// An earlier claim lapsed: its worker died or lost Redis in the middle of a send.
-    LapsedClaim,
-    /// This worker's call went out and no answer came (`cause` says how).
-    NoAnswer { cause: &'a str },
-}
-
-const LAPSED_CLAIM: &str =
-    "a previous attempt ended without an answer from WeChat; it may have been delivered";
-
-impl Unconfirmed<'_> {
-    fn errmsg(self) -> String {
-        match self {
-            Unconfirmed::LapsedClaim => LAPSED_CLAIM.to_owned(),
-            Unconfirmed::NoAnswer { cause } => format!("{cause}; it may have been delivered"),
-        }
-    }
-}
-
-/// `policy.on_ambiguous`, applied wherever WeChat may have accepted a send that no answer
-/// confirmed. `Ok` means "send again"; under `"dead_letter"` the event is first recorded as
-/// ambiguous in Redis (terminal until replayed, so no redelivery can send it), then its
-/// dead letter is the answer.
-pub async fn on_ambiguous(
-    ctx: &Ctx,
-    key: &str,
-    replayed: i64,
-    attempts: u32,
-    app: &str,
-    why: Unconfirmed<'_>,
-) -> Result<(), Disposition> {
-    match ctx.config.policy.on_ambiguous {
-        OnAmbiguous::Resend => {
-            metrics::counter!(m::AMBIGUOUS, "action" => "resend").increment(1);
-            // A call without an answer is logged with its retry; a lapsed claim only here.
-            if let Unconfirmed::LapsedClaim = why {
-                tracing::warn!(
-                    "a previous attempt ended without an answer; sending again (policy.on_ambiguous = \"resend\")"
-                );
-            }
-            Ok(())
-        }
-        OnAmbiguous::DeadLetter => {
-            metrics::counter!(m::AMBIGUOUS, "action" => "dead_letter").increment(1);
-            let mut conn = ctx.hot_path.get().await?;
-            // Unrecorded, a redelivery would claim the event afresh and might send it a
-            // second time; handing it back instead lets the claim lapse into "ambiguous".
-            claims::mark_ambiguous(&mut conn, key, replayed)
-                .await
-                .map_err(|e| Disposition::redis("mark ambiguous", e))?;
-            Err(Disposition::DeadLetter {
-                attempts,
-                failure: ambiguous_failure(app, why.errmsg()),
-            })
-        }
     }
 }

@@ -6,33 +6,51 @@
 //!
 //! Nothing here touches the broker: `settle.rs` carries the disposition out.
 
-use std::time::Duration;
+// Phases return `Result<_, Disposition>`: the fate is moved once per message, so boxing it
+// would only add an allocation.
+#![allow(clippy::result_large_err)]
+
+use std::time::{Duration, Instant};
 
 use lapin::types::FieldTable;
 use tracing::Span;
 
 use super::Ctx;
 use super::breaker::Gate;
+use super::claim_keeper::ClaimSlot;
 use super::disposition::{
-    Disposition, Unconfirmed, after_failure, ambiguous_again, invalid, on_ambiguous, retry_or_dead,
+    DeadRecord, Disposition, Unconfirmed, after_failure, invalid, on_ambiguous, retry_or_dead,
 };
 use super::send::{self, Attempt};
 use crate::admin::metrics as m;
 use crate::broker::dead_letter::{self, Failure, FailureClass};
 use crate::event::{Event, Recipient};
-use crate::store::claims::{self, Claim};
+use crate::store::claims::{self, Claim, ClaimId, ClaimRequest, PendingDeadLetter};
 use crate::template::Template;
 use crate::token::TokenError;
 use crate::wechat::client::SubscribeMessage;
 use crate::wechat::errcode::ErrorClass;
 
-/// What the message's headers say about its past.
+/// What the delivery says about the message's past.
 #[derive(Debug, Clone, Copy)]
 struct History {
     /// Failed sends so far.
     attempts: u32,
     /// The message's `x-wxpush-replayed` count.
     replayed: i64,
+    /// It was handled before: redelivered, retried or once found busy. An event that was
+    /// handled before cannot have "no state" unless Redis lost it.
+    seen_before: bool,
+}
+
+/// One delivery, as the decision needs it.
+pub struct Incoming<'a> {
+    pub body: &'a [u8],
+    pub headers: &'a FieldTable,
+    /// The broker's `redelivered` flag.
+    pub redelivered: bool,
+    /// Where this delivery's claim is kept alive.
+    pub slot: &'a ClaimSlot,
 }
 
 /// An event that parsed and rendered: everything a send needs but the recipient.
@@ -46,21 +64,53 @@ struct Prepared<'a> {
 /// The event's claim in Redis, held by this delivery.
 struct Claimed {
     key: String,
+    claim_id: ClaimId,
+    claimed_at: Instant,
     /// The openid a js_code of this event was already exchanged for.
     remembered_openid: Option<String>,
 }
 
 /// Decides a message's fate. Records the event id, type and app on the current span.
-pub async fn handle(ctx: &Ctx, body: &[u8], headers: &FieldTable) -> Disposition {
-    decide(ctx, body, headers).await.unwrap_or_else(|fate| fate)
+pub async fn handle(ctx: &Ctx, incoming: Incoming<'_>) -> Disposition {
+    let mut claimed = None;
+    let fate = decide(ctx, &incoming, &mut claimed)
+        .await
+        .unwrap_or_else(|fate| fate);
+    // A dead letter of an event this delivery claimed is recorded on the claim.
+    match (fate, claimed) {
+        (
+            Disposition::DeadLetter {
+                attempts,
+                failure,
+                record: DeadRecord::Unrecorded,
+            },
+            Some((key, claim_id)),
+        ) => Disposition::DeadLetter {
+            attempts,
+            failure,
+            record: DeadRecord::Claimed {
+                key,
+                claim_id,
+                replayed: dead_letter::replays(incoming.headers),
+            },
+        },
+        (fate, _) => fate,
+    }
 }
 
-async fn decide(ctx: &Ctx, body: &[u8], headers: &FieldTable) -> Result<Disposition, Disposition> {
+async fn decide(
+    ctx: &Ctx,
+    incoming: &Incoming<'_>,
+    claimed_by_us: &mut Option<(String, ClaimId)>,
+) -> Result<Disposition, Disposition> {
+    let headers = incoming.headers;
+    let attempts = dead_letter::attempts(headers);
     let history = History {
-        attempts: dead_letter::attempts(headers),
+        attempts,
         replayed: dead_letter::replays(headers),
+        seen_before: incoming.redelivered || attempts > 0 || dead_letter::times_busy(headers) > 0,
     };
-    let prepared = prepare(ctx, body)?;
+    let prepared = prepare(ctx, incoming.body)?;
     let app = prepared.app.as_str();
     if ctx.breaker.gate(app) == Gate::Tripped {
         return Err(Disposition::Park {
@@ -72,7 +122,7 @@ async fn decide(ctx: &Ctx, body: &[u8], headers: &FieldTable) -> Result<Disposit
         .get(app)
         .await
         .map_err(|e| token_failure(ctx, app, history.attempts, e))?;
-    let claimed = claim(ctx, &prepared, history).await?;
+    let claimed = claim(ctx, &prepared, history, incoming.slot, claimed_by_us).await?;
     let openid = recipient(ctx, &prepared, &claimed, history.attempts).await?;
     let mut message = prepared.message;
     message.touser = openid;
@@ -80,8 +130,9 @@ async fn decide(ctx: &Ctx, body: &[u8], headers: &FieldTable) -> Result<Disposit
         app,
         template_id: &prepared.template.template_id,
         key: &claimed.key,
+        claim_id: &claimed.claim_id,
+        claimed_at: claimed.claimed_at,
         attempts: history.attempts,
-        replayed: history.replayed,
     };
     Ok(send::send(ctx, &attempt, token, &message).await)
 }
@@ -165,45 +216,79 @@ async fn claim(
     ctx: &Ctx,
     prepared: &Prepared<'_>,
     history: History,
+    slot: &ClaimSlot,
+    claimed_by_us: &mut Option<(String, ClaimId)>,
 ) -> Result<Claimed, Disposition> {
     let key = ctx.keys.event(&prepared.event.id);
+    let epoch_key = ctx.keys.epoch();
     let app = prepared.app.as_str();
+    let claim_id = ClaimId::new();
+    let request = ClaimRequest {
+        key: &key,
+        epoch_key: &epoch_key,
+        claim_id: &claim_id,
+        ttl: ctx.config.policy.idempotency_ttl,
+        replayed: history.replayed,
+        seen_before: history.seen_before,
+        loss_window: ctx.loss_window,
+    };
+    let claimed_at = Instant::now();
     let mut conn = ctx.hot_path.get().await?;
-    let found = claims::claim(
-        &mut conn,
-        &key,
-        &ctx.owner,
-        ctx.claim_hold,
-        ctx.config.policy.idempotency_ttl,
-        history.replayed,
-    )
-    .await
-    .map_err(|e| Disposition::redis("claim", e))?;
+    let found = claims::claim(&mut conn, &request)
+        .await
+        .map_err(|e| Disposition::redis("claim", e))?;
+    let unconfirmed = match &found {
+        Claim::Ambiguous { .. } => Some(Unconfirmed::LapsedClaim),
+        Claim::Lost => Some(Unconfirmed::LostState),
+        _ => None,
+    };
     let remembered_openid = match found {
         Claim::AlreadySent | Claim::AlreadyDead => {
             metrics::counter!(m::DUPLICATES_SKIPPED).increment(1);
             return Err(Disposition::Duplicate);
         }
         Claim::Busy => return Err(Disposition::Later),
-        Claim::AmbiguousDeadLettered => return Err(ambiguous_again(history.attempts, app)),
-        Claim::Fresh { openid } => openid,
-        Claim::Ambiguous { openid } => {
-            on_ambiguous(
-                ctx,
-                &key,
-                history.replayed,
-                history.attempts,
-                app,
-                Unconfirmed::LapsedClaim,
-            )
-            .await?;
-            openid
+        Claim::DeadLetterPending(pending) => {
+            return Err(dead_letter_again(&key, app, history, pending));
         }
+        Claim::Fresh { openid } | Claim::Ambiguous { openid } => openid,
+        Claim::Lost => None,
     };
+    // From here on the claim is ours: kept alive while we work, recorded on a dead letter.
+    slot.hold(&key, &claim_id, ctx.claim_hold);
+    *claimed_by_us = Some((key.clone(), claim_id.clone()));
+    if let Some(why) = unconfirmed {
+        on_ambiguous(ctx, history.attempts, app, why)?;
+    }
     Ok(Claimed {
         key,
+        claim_id,
+        claimed_at,
         remembered_openid,
     })
+}
+
+/// A redelivery of an event whose dead letter was decided but not confirmed: the same dead
+/// letter again, never a send.
+fn dead_letter_again(
+    key: &str,
+    app: &str,
+    history: History,
+    pending: PendingDeadLetter,
+) -> Disposition {
+    Disposition::DeadLetter {
+        attempts: history.attempts,
+        failure: Failure {
+            class: pending.class.parse().unwrap_or(FailureClass::Ambiguous),
+            errcode: pending.errcode,
+            errmsg: pending.errmsg,
+            app: Some(app.to_owned()),
+        },
+        record: DeadRecord::Pending {
+            key: key.to_owned(),
+            replayed: history.replayed,
+        },
+    }
 }
 
 /// The openid to send to: given, remembered from an earlier exchange, or exchanged now.
@@ -217,7 +302,7 @@ async fn recipient(
         (Recipient::Openid(openid), _) => Ok(openid.clone()),
         (Recipient::JsCode(_), Some(openid)) => Ok(openid.clone()),
         (Recipient::JsCode(code), None) => {
-            resolve_js_code(ctx, &prepared.app, &claimed.key, code, attempts).await
+            resolve_js_code(ctx, &prepared.app, claimed, code, attempts).await
         }
     }
 }
@@ -225,10 +310,11 @@ async fn recipient(
 async fn resolve_js_code(
     ctx: &Ctx,
     app: &str,
-    key: &str,
+    claimed: &Claimed,
     code: &str,
     attempts: u32,
 ) -> Result<String, Disposition> {
+    let key = claimed.key.as_str();
     let (appid, secret) = ctx
         .tokens
         .credentials(app)
@@ -236,7 +322,7 @@ async fn resolve_js_code(
     let openid = match ctx.client.jscode2session(appid, secret, code).await {
         Ok(openid) => openid,
         Err(error) => {
-            send::mark_failed(ctx, key, &error).await;
+            send::mark_failed(ctx, key, &claimed.claim_id, &error).await;
             return Err(send::call_failure(
                 ctx,
                 app,
@@ -248,19 +334,22 @@ async fn resolve_js_code(
     };
     let mut conn = ctx.hot_path.get().await?;
     // If this fails the code is spent and the openid lost: the event cannot be sent.
-    claims::remember_openid(&mut conn, key, &openid)
+    let kept = claims::remember_openid(&mut conn, key, &claimed.claim_id, &openid)
         .await
-        .map_err(|e| Disposition::DeadLetter {
-            attempts,
-            failure: Failure {
-                class: FailureClass::Call(ErrorClass::Transient),
-                errcode: None,
-                errmsg: format!(
-                    "js_code exchanged but the openid could not be stored in Redis: {e}"
-                ),
-                app: Some(app.to_owned()),
-            },
-        })?;
+        .map_err(|e| e.to_string())
+        .and_then(|kept| {
+            kept.then_some(())
+                .ok_or_else(|| "the claim was lost".to_owned())
+        });
+    if let Err(e) = kept {
+        let failure = Failure {
+            class: FailureClass::Call(ErrorClass::Transient),
+            errcode: None,
+            errmsg: format!("js_code exchanged but the openid could not be stored in Redis: {e}"),
+            app: Some(app.to_owned()),
+        };
+        return Err(Disposition::dead_letter(attempts, failure));
+    }
     Ok(openid)
 }
 
@@ -271,4 +360,11 @@ pub fn claim_hold(config: &crate::config::Config) -> Duration {
     config.wechat.timeout * calls
         + config.wechat.lock_ttl * 3 * (config.retry.token_retries + 1)
         + Duration::from_secs(5)
+}
+
+/// How long after Redis lost its data an event without state that was handled before reads
+/// as ambiguous: as long as a copy handled before the loss can still come back (the longest
+/// retry delay, a claim's hold), with a margin.
+pub fn loss_window(config: &crate::config::Config) -> Duration {
+    config.retry.max + claim_hold(config) + Duration::from_secs(60)
 }

@@ -8,8 +8,10 @@
 
 pub mod acker;
 pub mod breaker;
+pub mod claim_keeper;
 pub mod disposition;
 pub mod handle;
+pub mod redis_guard;
 pub mod send;
 pub mod settle;
 
@@ -33,11 +35,13 @@ use crate::broker::topology::Topology;
 use crate::broker::{self};
 use crate::config::{Config, redact_url};
 use crate::store::{self, Keys};
+use crate::telemetry::ErrorChain;
 use crate::template::Templates;
 use crate::token::TokenStore;
 use crate::wechat::client::WechatClient;
 use acker::Acker;
 use breaker::Breaker;
+use claim_keeper::ClaimKeeper;
 
 /// Everything a message handler needs, shared by all tasks.
 pub struct Ctx {
@@ -54,9 +58,15 @@ pub struct Ctx {
     pub topology: Topology,
     pub breaker: Breaker,
     pub health: Arc<Health>,
-    /// This worker's identity in idempotency claims.
+    /// This worker's identity (its consumer tag).
     pub owner: String,
+    /// The longest a delivery may hold its claim (see `handle::claim_hold`).
     pub claim_hold: Duration,
+    /// The claims this worker holds, renewed while it works on them.
+    pub keeper: ClaimKeeper,
+    /// How long after Redis lost its data an event without state that was handled before
+    /// is ambiguous (see `store::claims`).
+    pub loss_window: Duration,
 }
 
 impl Ctx {
@@ -70,6 +80,8 @@ impl Ctx {
             hot_path: store::HotPath::new(&config.redis)?,
             topology: Topology::new(&config.amqp, &config.retry),
             claim_hold: handle::claim_hold(&config),
+            keeper: ClaimKeeper::default(),
+            loss_window: handle::loss_window(&config),
             breaker: Breaker::default(),
             health: Health::new(),
             owner: uuid::Uuid::new_v4().simple().to_string(),
@@ -93,6 +105,13 @@ impl Worker {
     /// Starts the admin server and the consuming loop.
     pub async fn start(config: Config) -> anyhow::Result<Worker> {
         let ctx = Arc::new(Ctx::new(config)?);
+        // A Redis that cannot keep the policy's promise stops the start; one that cannot be
+        // reached yet does not (the supervisor waits for it and checks again).
+        if let Ok(Err(unsafe_redis @ redis_guard::Unfit::Unsafe(_))) =
+            tokio::time::timeout(Duration::from_secs(5), redis_guard::verify(&ctx)).await
+        {
+            return Err(unsafe_redis.into());
+        }
         let stop = CancellationToken::new();
         let admin_addr = admin::serve(
             ctx.config.admin.listen,
@@ -190,15 +209,23 @@ async fn supervise(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Result<()>
             }
         }
     });
+    let keeper = tokio::spawn(ctx.keeper.clone().run(ctx.hot_path.clone(), stop.clone()));
     let mut delays = backoff();
     let result = loop {
         if stop.is_cancelled() {
             break Ok(());
         }
-        if let Err(e) = redis_ping(&ctx.pooled).await {
+        if let Err(e) = redis_guard::verify(&ctx).await {
             ctx.health.set(&ctx.health.redis, false);
             let delay = delays.next().unwrap_or(Duration::from_secs(30));
-            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Redis unreachable; not consuming until it is back");
+            match &e {
+                redis_guard::Unfit::Unreachable(_) => {
+                    tracing::warn!(error = %ErrorChain(&e), retry_in_ms = delay.as_millis() as u64, "Redis unreachable; not consuming until it is back")
+                }
+                redis_guard::Unfit::Unsafe(_) => {
+                    tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "not consuming")
+                }
+            }
             let _ = stop.run_until_cancelled(tokio::time::sleep(delay)).await;
             continue;
         }
@@ -223,6 +250,7 @@ async fn supervise(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Result<()>
         }
     };
     periodic.abort();
+    keeper.abort();
     ctx.health.set(&ctx.health.consuming, false);
     tracing::info!("wxpush worker stopped");
     result
@@ -325,6 +353,7 @@ async fn consume(
                     tracing::warn!(error = %e, "Redis unreachable; pausing consumption");
                     return Ok(SessionEnd::RedisDown);
                 }
+                redis_guard::detect_loss(ctx).await;
             }
             next = session.consumer.next() => match next {
                 Some(Ok(delivery)) => {
@@ -365,7 +394,14 @@ async fn process(
     );
     async {
         let headers = crate::broker::headers::of(&delivery.properties);
-        let disposition = handle::handle(&ctx, &delivery.data, &headers).await;
+        let slot = ctx.keeper.slot();
+        let incoming = handle::Incoming {
+            body: &delivery.data,
+            headers: &headers,
+            redelivered: delivery.redelivered,
+            slot: &slot,
+        };
+        let disposition = handle::handle(&ctx, incoming).await;
         if matches!(disposition, disposition::Disposition::RedisUnavailable(_)) {
             redis_down.cancel();
         }

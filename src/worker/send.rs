@@ -1,6 +1,10 @@
 //! The send phase: call WeChat, replace a stale token and call again, and turn the answer
 //! into the message's [`Disposition`].
 
+// Phases return `Result<_, Disposition>`: the fate is moved once per message, so boxing it
+// would only add an allocation.
+#![allow(clippy::result_large_err)]
+
 use std::time::Instant;
 
 use super::Ctx;
@@ -8,7 +12,7 @@ use super::disposition::{Disposition, Unconfirmed, after_failure, on_ambiguous, 
 use super::handle::token_failure;
 use crate::admin::metrics as m;
 use crate::broker::dead_letter::{Failure, FailureClass};
-use crate::store::claims;
+use crate::store::claims::{self, CLAIM_LEASE, ClaimId};
 use crate::telemetry::ErrorChain;
 use crate::wechat::client::{AccessToken, CallError, SubscribeMessage};
 use crate::wechat::errcode::{
@@ -21,10 +25,12 @@ pub struct Attempt<'a> {
     pub template_id: &'a str,
     /// The event's idempotency key in Redis.
     pub key: &'a str,
+    /// This delivery's claim on the event.
+    pub claim_id: &'a ClaimId,
+    /// When the claim was asked for (its lease runs from a moment after this).
+    pub claimed_at: Instant,
     /// Failed sends before this one.
     pub attempts: u32,
-    /// The message's `x-wxpush-replayed` count.
-    pub replayed: i64,
 }
 
 /// Sends until WeChat answers something other than a stale token (at most
@@ -37,6 +43,9 @@ pub async fn send(
 ) -> Disposition {
     let mut token_retries = 0;
     loop {
+        if let Err(fate) = still_ours(ctx, this).await {
+            return fate;
+        }
         let started = Instant::now();
         let result = ctx.client.send(&token, message).await;
         metrics::histogram!(m::SEND_DURATION, "app" => this.app.to_owned())
@@ -58,7 +67,7 @@ pub async fn send(
             token = match ctx.tokens.replace_stale(this.app, &token).await {
                 Ok(token) => token,
                 Err(e) => {
-                    mark_failed_as(ctx, this.key, "token").await;
+                    mark_failed_as(ctx, this.key, this.claim_id, "token").await;
                     return token_failure(ctx, this.app, this.attempts, e);
                 }
             };
@@ -67,7 +76,7 @@ pub async fn send(
         if is_ambiguous(&error) {
             return unanswered(ctx, this, &error).await;
         }
-        mark_failed(ctx, this.key, &error).await;
+        mark_failed(ctx, this.key, this.claim_id, &error).await;
         return call_failure(ctx, this.app, this.attempts, &error, "send");
     }
 }
@@ -97,10 +106,10 @@ async fn unanswered(ctx: &Ctx, this: &Attempt<'_>, error: &CallError) -> Disposi
     let attempts = this.attempts + 1;
     let cause = format!("send: {error}");
     let why = Unconfirmed::NoAnswer { cause: &cause };
-    if let Err(fate) = on_ambiguous(ctx, this.key, this.replayed, attempts, this.app, why).await {
+    if let Err(fate) = on_ambiguous(ctx, attempts, this.app, why) {
         return fate;
     }
-    mark_failed_as(ctx, this.key, "ambiguous").await;
+    mark_failed_as(ctx, this.key, this.claim_id, "ambiguous").await;
     retry_or_dead(
         ctx,
         attempts,
@@ -135,18 +144,56 @@ pub(super) fn call_failure(
     after_failure(ctx, app, attempts + 1, class.action(), failure)
 }
 
+/// Makes sure the claim is still this delivery's before a send: no send without a live
+/// claim of one's own, and none after the claim's hold ran out.
+///
+/// A claim younger than half its lease is live without asking: only its holder can change
+/// it while it is live, and the lease was counted by Redis from after `claimed_at`. An older
+/// one is renewed (one round trip); if it is no longer ours, another delivery has the
+/// event, or its state is gone, and this copy goes round once more (`Later`) for the claim
+/// to decide.
+async fn still_ours(ctx: &Ctx, this: &Attempt<'_>) -> Result<(), Disposition> {
+    let age = this.claimed_at.elapsed();
+    if age >= ctx.claim_hold {
+        mark_failed_as(ctx, this.key, this.claim_id, "hold").await;
+        let failure = Failure {
+            class: FailureClass::Call(ErrorClass::Transient),
+            errcode: None,
+            errmsg: format!(
+                "the claim's hold ({}) ran out before the send (token refresh or WeChat too slow)",
+                humantime::format_duration(ctx.claim_hold)
+            ),
+            app: Some(this.app.to_owned()),
+        };
+        return Err(retry_or_dead(ctx, this.attempts + 1, failure));
+    }
+    if age < CLAIM_LEASE / 2 {
+        return Ok(());
+    }
+    let mut conn = ctx.hot_path.get().await?;
+    let renewed = claims::renew(&mut conn, this.key, this.claim_id)
+        .await
+        .map_err(|e| Disposition::redis("claim renewal", e))?;
+    if renewed {
+        Ok(())
+    } else {
+        tracing::warn!("the event's claim is no longer this delivery's; not sending");
+        Err(Disposition::Later)
+    }
+}
+
 /// Records a definite failure so the next attempt claims afresh (not as ambiguous).
-pub(super) async fn mark_failed(ctx: &Ctx, key: &str, error: &CallError) {
+pub(super) async fn mark_failed(ctx: &Ctx, key: &str, claim_id: &ClaimId, error: &CallError) {
     let code = error
         .errcode()
         .map_or_else(|| "transport".to_owned(), |code| code.to_string());
-    mark_failed_as(ctx, key, &code).await;
+    mark_failed_as(ctx, key, claim_id, &code).await;
 }
 
-async fn mark_failed_as(ctx: &Ctx, key: &str, reason: &str) {
+async fn mark_failed_as(ctx: &Ctx, key: &str, claim_id: &ClaimId, reason: &str) {
     // Best effort: if Redis is down the claim simply expires, which later reads as ambiguous.
     let marked = match ctx.hot_path.get().await {
-        Ok(mut conn) => claims::mark_failed(&mut conn, key, &ctx.owner, reason)
+        Ok(mut conn) => claims::mark_failed(&mut conn, key, claim_id, reason)
             .await
             .map_err(|e| e.to_string()),
         Err(e) => Err(ErrorChain(&e).to_string()),

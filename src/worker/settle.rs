@@ -11,12 +11,13 @@ use time::OffsetDateTime;
 
 use super::Ctx;
 use super::acker::Acker;
-use super::disposition::Disposition;
+use super::disposition::{DeadRecord, Disposition};
 use crate::admin::metrics as m;
 use crate::broker::dead_letter;
 use crate::broker::headers as h;
 use crate::broker::publish::Publisher;
-use crate::store::{StoreError, claims};
+use crate::store::StoreError;
+use crate::store::claims::{self, PendingDeadLetter};
 use crate::telemetry::ErrorChain;
 use crate::worker::breaker::PROBE_EVERY;
 
@@ -36,6 +37,26 @@ pub async fn settle(
     delivery: &Delivery,
     disposition: &Disposition,
 ) -> &'static str {
+    if let Disposition::DeadLetter {
+        failure, record, ..
+    } = disposition
+    {
+        match record_pending(ctx, record, failure).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(
+                    "the event's claim moved to another delivery, which carries it; this copy is acked"
+                );
+                acker.ack(delivery.delivery_tag);
+                return "duplicate";
+            }
+            Err(error) => {
+                tracing::warn!(error = %ErrorChain(&error), "handing the message back to the queue");
+                nack(acker, delivery).await;
+                return "requeued";
+            }
+        }
+    }
     let step = match next_step(ctx, delivery, disposition) {
         Ok(None) => {
             acker.ack(delivery.delivery_tag);
@@ -54,8 +75,8 @@ pub async fn settle(
         .await;
     match published {
         Ok(()) => {
-            if matches!(disposition, Disposition::DeadLetter { .. }) {
-                record_dead(ctx, delivery).await;
+            if let Disposition::DeadLetter { record, .. } = disposition {
+                record_dead(ctx, record).await;
             }
             // Acked at once, not batched: between a confirmed republish and its ack, a
             // crash leaves two copies of the message (the original comes back).
@@ -108,13 +129,15 @@ fn next_step<'a>(
         }
         Disposition::Later => {
             let tier = ctx.topology.tier_for_attempt(1, false);
-            (tier.queue.clone(), original())
+            (tier.queue.clone(), dead_letter::for_later(original()))
         }
         Disposition::Park { app } => {
             let tier = ctx.topology.tier_at_least(PROBE_EVERY);
             (tier.queue.clone(), dead_letter::for_park(original(), app))
         }
-        Disposition::DeadLetter { attempts, failure } => {
+        Disposition::DeadLetter {
+            attempts, failure, ..
+        } => {
             metrics::counter!(m::DEAD_LETTERS, "reason" => failure.class.as_str()).increment(1);
             tracing::warn!(attempts, class = %failure.class, errcode = failure.errcode, errmsg = %failure.errmsg, "dead-lettered");
             let now = OffsetDateTime::now_utc();
@@ -129,18 +152,49 @@ fn next_step<'a>(
     }))
 }
 
-/// Records in the event's idempotency state that its dead letter is confirmed, so a
-/// redelivery is acked instead of dead-lettered a second time. Best effort: events without
-/// a readable id have no state, and a Redis failure only leaves that small window open.
-async fn record_dead(ctx: &Ctx, delivery: &Delivery) {
-    let Some(id) = crate::event::peek(&delivery.data).id else {
-        return;
+/// Before a dead letter of a claimed event is published, records it as `dead_pending` on
+/// the claim, so that from now on no delivery of the event can send it. `Ok(false)`: the
+/// claim is no longer this delivery's (another delivery has the event; this copy is a
+/// duplicate).
+async fn record_pending(
+    ctx: &Ctx,
+    record: &DeadRecord,
+    failure: &dead_letter::Failure,
+) -> Result<bool, StoreError> {
+    let DeadRecord::Claimed {
+        key,
+        claim_id,
+        replayed,
+    } = record
+    else {
+        return Ok(true);
     };
-    let replayed = dead_letter::replays(&h::of(&delivery.properties));
+    let pending = PendingDeadLetter {
+        class: failure.class.as_str().to_owned(),
+        errcode: failure.errcode,
+        errmsg: failure.errmsg.clone(),
+    };
+    let mut conn = ctx.hot_path.get().await?;
+    claims::mark_dead_pending(&mut conn, key, claim_id, *replayed, &pending)
+        .await
+        .map_err(|e| StoreError::new("dead-letter record", e))
+}
+
+/// Records that the event's dead letter is confirmed, so a redelivery is acked instead of
+/// dead-lettered a second time. Best effort: a Redis failure leaves `dead_pending`, whose
+/// redelivery is dead-lettered again (never sent).
+async fn record_dead(ctx: &Ctx, record: &DeadRecord) {
+    let (key, replayed) = match record {
+        DeadRecord::Unrecorded => return,
+        DeadRecord::Claimed { key, replayed, .. } | DeadRecord::Pending { key, replayed } => {
+            (key, *replayed)
+        }
+    };
     let ttl = ctx.config.policy.idempotency_ttl;
     let marked = match ctx.hot_path.get().await {
-        Ok(mut conn) => claims::mark_dead(&mut conn, &ctx.keys.event(&id), replayed, ttl)
+        Ok(mut conn) => claims::mark_dead(&mut conn, key, replayed, ttl)
             .await
+            .map(|_| ())
             .map_err(|e| e.to_string()),
         Err(e) => Err(ErrorChain(&e).to_string()),
     };
