@@ -1,9 +1,19 @@
 //! WeChat's value rules for subscribe-message data keys.
 //!
 //! A key's type is its name without trailing digits (`thing10` is a `thing`). Each type has
-//! a length limit in characters (not bytes) and a character set. This is the one place those
-//! facts live: the renderer checks values against it, `check` uses it to validate template
-//! mappings, and the emulator enforces it like WeChat does.
+//! a length limit in characters (not bytes) and a content rule. The renderer checks values
+//! against them and `check` uses the key types to validate template mappings.
+//!
+//! The rules follow WeChat's table "订阅消息参数值内容限制说明" on the subscribeMessage.send page
+//! (<https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/mp-message-management/subscribe-message/sendMessage.html>)
+//! and the notes under the same table in WeChat's subscription-notification API
+//! (<https://developers.weixin.qq.com/doc/offiaccount/Subscription_Messages/api.html>): a symbol
+//! is a common symbol other than Chinese, English letters and digits, never a control
+//! character; times are `HH:MM` or `HH:MM:SS`; dates are `y年m月d日`, `y年m月`, `m月d日` or the
+//! same joined by `-`, `/` or `.` (2018-01-01, 2018/01/01, 2018.01.01, 2018-01, 01-01).
+//!
+//! The emulator (`crates/mock-wechat`) has its own reading of the same documentation, written
+//! separately; `tests/agreement.rs` checks on random values that the two agree.
 
 use std::fmt;
 
@@ -66,6 +76,10 @@ const NAMES: &[(&str, KeyType)] = &[
     ("date", KeyType::Date),
 ];
 
+/// The longest `time` or `date` value the documented formats allow: two points of
+/// `2019年10月10日 15:01:01` (20 characters) joined by ` ~ `.
+const LONGEST_TIME_OR_DATE: usize = 43;
+
 impl KeyType {
     /// The type of a data key such as `thing4`, or `None` when WeChat has no such type.
     ///
@@ -95,8 +109,10 @@ impl KeyType {
             .unwrap_or("unknown")
     }
 
-    /// The length limit in characters. For `name` this is the limit for values that are not
-    /// all ASCII letters (those may have 20).
+    /// The length limit in characters. For `name` this is the limit for values with a
+    /// Chinese character (those without may have 20). An `amount` has no length limit
+    /// (`usize::MAX`): WeChat limits its digits before the point to 10 and its decimals not
+    /// at all, which [`KeyType::check`] enforces as its format.
     pub fn max_chars(self) -> usize {
         match self {
             KeyType::Thing => 20,
@@ -105,8 +121,8 @@ impl KeyType {
             KeyType::PhoneNumber => 17,
             KeyType::CarNumber => 8,
             KeyType::Name => 10,
-            KeyType::Amount => 16,
-            KeyType::Time | KeyType::Date => 40,
+            KeyType::Amount => usize::MAX,
+            KeyType::Time | KeyType::Date => LONGEST_TIME_OR_DATE,
         }
     }
 
@@ -123,7 +139,9 @@ impl KeyType {
 
     /// The limit that applies to this particular value.
     pub fn limit_for(self, value: &str) -> usize {
-        if self == KeyType::Name && is_latin_name(value) {
+        // name: "10个以内纯汉字或20个以内纯字母或符号 … 中文和字母混合按中文名算，10个字内": any
+        // Chinese character makes it a Chinese name (10); letters with symbols get 20.
+        if self == KeyType::Name && !value.chars().any(is_chinese) {
             20
         } else {
             self.max_chars()
@@ -148,49 +166,56 @@ impl KeyType {
             Some(c) => Err(ValueError::BadCharacter(c)),
             None => Ok(()),
         };
+        let format = |ok: bool, expected: &'static str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ValueError::BadFormat(expected))
+            }
+        };
         match self {
-            KeyType::Thing | KeyType::Name => bad(&|c| !c.is_control()),
-            KeyType::Number => {
-                if is_decimal(value.strip_prefix('-').unwrap_or(value)) {
-                    Ok(())
-                } else {
-                    Err(ValueError::BadFormat(
-                        "a number (digits, optional decimals)",
-                    ))
-                }
-            }
+            // thing: "可汉字、数字、字母或符号组合", free text; the notes exclude control characters.
+            KeyType::Thing => bad(&|c| !c.is_control()),
+            // number: "只能数字，可带小数": digits only, so no sign.
+            KeyType::Number => format(is_decimal(value), "a number (digits, optional decimals)"),
             KeyType::Letter => bad(&|c| c.is_ascii_alphabetic()),
-            KeyType::Symbol => bad(&|c| {
-                c.is_ascii_punctuation()
-                    || (!c.is_alphanumeric() && !c.is_control() && !c.is_whitespace())
-            }),
-            KeyType::CharacterString => bad(&|c| c.is_ascii_graphic()),
-            KeyType::PhoneNumber => bad(&|c| c.is_ascii_digit() || "+-() ".contains(c)),
-            KeyType::CarNumber => bad(&|c| c.is_ascii_alphanumeric() || is_cjk(c)),
-            KeyType::Phrase => bad(&is_cjk),
-            KeyType::Amount => {
-                let digits = value
-                    .trim_start_matches(['¥', '￥', '$', '€', '£'])
-                    .trim_end_matches('元');
-                if is_decimal(digits) {
-                    Ok(())
-                } else {
-                    Err(ValueError::BadFormat("an amount such as 12.50 or ¥12.50"))
+            KeyType::Symbol => bad(&is_symbol),
+            // character_string: "可数字、字母或符号组合", and a symbol is any common symbol
+            // (notes), not only ASCII punctuation.
+            KeyType::CharacterString => bad(&|c| c.is_ascii_alphanumeric() || is_symbol(c)),
+            // phone_number: "17位以内，数字、符号": digits and any symbol; a space is not one.
+            KeyType::PhoneNumber => bad(&|c| c.is_ascii_digit() || is_symbol(c)),
+            // car_number: "第一位与最后一位可为汉字，其余为字母或数字": Chinese only at either end.
+            KeyType::CarNumber => {
+                let last = value.chars().count().saturating_sub(1);
+                match value.chars().enumerate().find(|&(i, c)| {
+                    !(c.is_ascii_alphanumeric() || ((i == 0 || i == last) && is_chinese(c)))
+                }) {
+                    Some((_, c)) => Err(ValueError::BadCharacter(c)),
+                    None => Ok(()),
                 }
             }
-            KeyType::Time | KeyType::Date => {
-                let ok = value.chars().any(|c| c.is_ascii_digit())
-                    && value
-                        .chars()
-                        .all(|c| c.is_ascii_digit() || " :-/~年月日".contains(c));
-                if ok {
-                    Ok(())
-                } else {
-                    Err(ValueError::BadFormat(
-                        "a date or 24-hour time such as 2026-11-24 10:00",
-                    ))
-                }
+            // name: "纯汉字或纯字母或符号": Chinese, letters, symbols and the spaces between
+            // words; no digits.
+            KeyType::Name => {
+                bad(&|c| is_chinese(c) || c.is_ascii_alphabetic() || is_symbol(c) || c == ' ')
             }
+            KeyType::Phrase => bad(&is_chinese),
+            // amount: "1个币种符号+10位以内纯数字，可带小数，结尾可带“元”".
+            KeyType::Amount => format(
+                is_amount(value),
+                "an amount: at most one currency symbol, up to 10 digits, optional decimals and 元 (¥12.50)",
+            ),
+            // time: "24小时制时间格式（支持+年月日），支持填时间段，两个时间点之间用“~”符号连接".
+            KeyType::Time => format(
+                is_range_of(value, is_time_point),
+                "a 24-hour time such as 15:01 or 2026-11-24 10:00:00, or a range a~b",
+            ),
+            // date: "年月日格式（支持+24小时制时间），支持填时间段"; the notes' forms include 2018.01.01.
+            KeyType::Date => format(
+                is_range_of(value, is_date_point),
+                "a date such as 2026-11-24, 2026/11/24, 2026.11.24 or 2026年11月24日, or a range a~b",
+            ),
         }
     }
 
@@ -201,13 +226,11 @@ impl KeyType {
         if value.chars().count() <= max {
             return value.to_owned();
         }
+        // Cutting never lowers the limit (a name's only grows, from 10 to 20, when its
+        // Chinese characters are cut away), so the marked cut fits. "…" is a symbol, which
+        // every truncatable type but phrase allows; a phrase is cut without the mark.
         let mut marked: String = value.chars().take(max - 1).collect();
         marked.push('…');
-        // "…" is not a letter, so a latin name that was allowed 20 characters must now fit 10.
-        if marked.chars().count() > self.limit_for(&marked) {
-            marked = value.chars().take(self.limit_for(&marked) - 1).collect();
-            marked.push('…');
-        }
         if self.check(&marked).is_ok() {
             marked
         } else {
@@ -216,21 +239,145 @@ impl KeyType {
     }
 }
 
-fn is_latin_name(value: &str) -> bool {
-    value.chars().all(|c| c.is_ascii_alphabetic() || c == ' ')
+/// 汉字: CJK Unified Ideographs with extensions A to I, and the compatibility ideographs.
+fn is_chinese(c: char) -> bool {
+    matches!(c,
+        '\u{4E00}'..='\u{9FFF}'
+        | '\u{3400}'..='\u{4DBF}'
+        | '\u{F900}'..='\u{FAFF}'
+        | '\u{20000}'..='\u{2A6DF}'
+        | '\u{2A700}'..='\u{2EE5F}'
+        | '\u{2F800}'..='\u{2FA1F}'
+        | '\u{30000}'..='\u{323AF}')
 }
 
+/// 符号 ("除中文、英文、数字外的常见符号，不能带有换行等控制字符"): punctuation and symbols one can
+/// see. Not letters or digits of any script, whitespace, control characters, or characters
+/// that show nothing (default-ignorable code points such as the zero-width space, and
+/// private use).
+fn is_symbol(c: char) -> bool {
+    if c.is_ascii() {
+        return c.is_ascii_punctuation();
+    }
+    let shows_nothing = matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
+        | '\u{FFA0}' | '\u{FFF0}'..='\u{FFF8}' | '\u{1BCA0}'..='\u{1BCA3}'
+        | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}'
+        | '\u{E000}'..='\u{F8FF}' | '\u{F0000}'..='\u{10FFFF}');
+    !(c.is_alphanumeric() || c.is_whitespace() || c.is_control() || shows_nothing)
+}
+
+/// Digits with at most one decimal point between digits.
 fn is_decimal(s: &str) -> bool {
-    let mut parts = s.splitn(2, '.');
-    let int = parts.next().unwrap_or("");
-    let frac = parts.next();
-    !int.is_empty()
-        && int.chars().all(|c| c.is_ascii_digit())
-        && frac.is_none_or(|f| !f.is_empty() && f.chars().all(|c| c.is_ascii_digit()))
+    let (int, frac) = match s.split_once('.') {
+        Some((int, frac)) => (int, Some(frac)),
+        None => (s, None),
+    };
+    all_digits(int) && frac.is_none_or(all_digits)
 }
 
-fn is_cjk(c: char) -> bool {
-    matches!(c, '\u{4E00}'..='\u{9FFF}' | '\u{3400}'..='\u{4DBF}' | '\u{F900}'..='\u{FAFF}')
+/// Non-empty and ASCII digits only.
+fn all_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// "1个币种符号+10位以内纯数字，可带小数，结尾可带“元”": one optional currency symbol, then at
+/// most 10 digits, optional decimals, and an optional trailing 元.
+fn is_amount(value: &str) -> bool {
+    let unsigned = value.strip_prefix(is_currency_symbol).unwrap_or(value);
+    let number = unsigned.strip_suffix('元').unwrap_or(unsigned);
+    let int = number.split_once('.').map_or(number, |(int, _)| int);
+    is_decimal(number) && int.len() <= 10
+}
+
+/// 币种符号: the currency signs of Unicode's Latin-1, Currency Symbols and fullwidth blocks.
+fn is_currency_symbol(c: char) -> bool {
+    matches!(
+        c,
+        '$' | '¢' | '£' | '¤' | '¥' | '＄' | '￠' | '￡' | '￥' | '￦'
+    ) || ('\u{20A0}'..='\u{20C0}').contains(&c)
+}
+
+/// One point, or two joined by "~" with at most one space on either side.
+fn is_range_of(value: &str, is_point: fn(&str) -> bool) -> bool {
+    let mut points = value.split('~');
+    let first = points.next().unwrap_or("");
+    match (points.next(), points.next()) {
+        (None, _) => is_point(first),
+        (Some(second), None) => {
+            is_point(first.strip_suffix(' ').unwrap_or(first))
+                && is_point(second.strip_prefix(' ').unwrap_or(second))
+        }
+        (Some(_), Some(_)) => false,
+    }
+}
+
+/// A time, optionally after a date and one space ("支持+年月日").
+fn is_time_point(s: &str) -> bool {
+    match s.split_once(' ') {
+        Some((date, time)) => is_date(date) && is_clock(time),
+        None => is_clock(s),
+    }
+}
+
+/// A date, optionally followed by one space and a time ("支持+24小时制时间").
+fn is_date_point(s: &str) -> bool {
+    match s.split_once(' ') {
+        Some((date, time)) => is_date(date) && is_clock(time),
+        None => is_date(s),
+    }
+}
+
+/// "时间格式支持HH:MM:SS或者HH:MM", 24-hour.
+fn is_clock(s: &str) -> bool {
+    let fields: Vec<&str> = s.split(':').collect();
+    (2..=3).contains(&fields.len())
+        && fields.iter().enumerate().all(|(i, field)| {
+            let max = if i == 0 { 23 } else { 59 };
+            field.len() == 2 && all_digits(field) && field.parse::<u32>().is_ok_and(|n| n <= max)
+        })
+}
+
+/// "日期包含年月日，为y年m月d日，y年m月、m月d日格式，或者用‘-’、‘/’、‘.’符号连接，如2018-01-01，
+/// 2018/01/01，2018.01.01，2018-01，01-01".
+fn is_date(s: &str) -> bool {
+    if let Some((year, rest)) = s.split_once('年') {
+        return is_year(year)
+            && match rest.split_once('月') {
+                Some((month, "")) => is_month(month),
+                Some((month, day)) => is_month(month) && day.strip_suffix('日').is_some_and(is_day),
+                None => false,
+            };
+    }
+    if let Some((month, day)) = s.split_once('月') {
+        return is_month(month) && day.strip_suffix('日').is_some_and(is_day);
+    }
+    let Some(separator) = s.chars().find(|c| !c.is_ascii_digit()) else {
+        return false;
+    };
+    if !matches!(separator, '-' | '/' | '.') {
+        return false;
+    }
+    match s.split(separator).collect::<Vec<_>>()[..] {
+        [year, month, day] => is_year(year) && is_month(month) && is_day(day),
+        [year, month] if year.len() == 4 => is_year(year) && is_month(month),
+        [month, day] => is_month(month) && is_day(day),
+        _ => false,
+    }
+}
+
+fn is_year(s: &str) -> bool {
+    s.len() == 4 && all_digits(s)
+}
+
+fn is_month(s: &str) -> bool {
+    s.len() <= 2 && all_digits(s) && s.parse::<u32>().is_ok_and(|m| (1..=12).contains(&m))
+}
+
+fn is_day(s: &str) -> bool {
+    s.len() <= 2 && all_digits(s) && s.parse::<u32>().is_ok_and(|d| (1..=31).contains(&d))
 }
 
 #[cfg(test)]
@@ -295,6 +442,102 @@ mod tests {
         assert_eq!(KeyType::Thing.check(""), Err(ValueError::Empty));
     }
 
+    // Each of the following was found by tests/agreement.rs: the product disagreed with the
+    // documentation (and the emulator's reading of it).
+
+    #[test]
+    fn number_has_no_sign() {
+        // "只能数字，可带小数".
+        assert_eq!(
+            KeyType::Number.check("-12"),
+            Err(ValueError::BadFormat(
+                "a number (digits, optional decimals)"
+            ))
+        );
+        assert!(KeyType::Number.check("12").is_ok());
+    }
+
+    #[test]
+    fn amount_has_one_currency_symbol_and_at_most_ten_digits() {
+        // "1个币种符号+10位以内纯数字，可带小数，结尾可带“元”".
+        assert!(KeyType::Amount.check("¥1234567890").is_ok());
+        assert!(KeyType::Amount.check("¥12345678901").is_err());
+        assert!(KeyType::Amount.check("¥¥1").is_err());
+        assert!(KeyType::Amount.check("1234567890.125元").is_ok());
+        assert!(KeyType::Amount.check("₩500").is_ok());
+        assert!(KeyType::Amount.check("-1").is_err());
+        assert!(KeyType::Amount.check("12.5¥").is_err());
+    }
+
+    #[test]
+    fn dates_and_times_in_every_documented_form() {
+        for date in [
+            "2019年10月1日",
+            "2019年10月1日 15:01",
+            "2018-01-01",
+            "2018/01/01",
+            "2018.01.01",
+            "2018-01",
+            "01-01",
+            "2019年10月",
+            "10月1日",
+            "2018-01-01 08:00 ~ 2018-01-02 18:00:30",
+        ] {
+            assert!(KeyType::Date.check(date).is_ok(), "{date}");
+        }
+        for time in [
+            "15:01",
+            "15:01:59",
+            "2019年10月1日 15:01",
+            "2018.01.01 15:01",
+            "15:01~16:00",
+        ] {
+            assert!(KeyType::Time.check(time).is_ok(), "{time}");
+        }
+        for not_date in ["2018-13-01", "2018-01/01", "15:01", "2019年", "::1", "-"] {
+            assert!(KeyType::Date.check(not_date).is_err(), "{not_date}");
+        }
+        for not_time in ["24:00", "5:01", "2019年10月1日", "15:01~", "1~2~3", "10"] {
+            assert!(KeyType::Time.check(not_time).is_err(), "{not_time}");
+        }
+        let longest = "2019年10月10日 15:01:01 ~ 2019年10月10日 15:01:01";
+        assert_eq!(longest.chars().count(), LONGEST_TIME_OR_DATE);
+        assert!(KeyType::Time.check(longest).is_ok());
+    }
+
+    #[test]
+    fn car_number_has_chinese_only_at_either_end() {
+        // "第一位与最后一位可为汉字，其余为字母或数字".
+        assert!(KeyType::CarNumber.check("粤A8Z888挂").is_ok());
+        assert_eq!(
+            KeyType::CarNumber.check("粤A粤888挂"),
+            Err(ValueError::BadCharacter('粤'))
+        );
+    }
+
+    #[test]
+    fn name_of_letters_and_symbols_gets_twenty() {
+        // "10个以内纯汉字或20个以内纯字母或符号".
+        assert_eq!(KeyType::Name.limit_for("O'Brien-Smith"), 20);
+        assert!(KeyType::Name.check("Mary-Jane O'Brien-Sm").is_ok());
+        assert!(KeyType::Name.check("李abcdefghij").is_err());
+        assert_eq!(
+            KeyType::Name.check("Agent 007"),
+            Err(ValueError::BadCharacter('0'))
+        );
+    }
+
+    #[test]
+    fn symbols_are_any_visible_non_letters() {
+        // "符号表示除中文、英文、数字外的常见符号，不能带有换行等控制字符".
+        assert!(KeyType::CharacterString.check("No.1￥").is_ok());
+        assert!(KeyType::CharacterString.check("A\u{200B}1").is_err());
+        assert!(KeyType::PhoneNumber.check("(0766)6688#102").is_ok());
+        assert!(KeyType::PhoneNumber.check("0766 66888866").is_err());
+        assert!(KeyType::Symbol.check("￥…，").is_ok());
+        assert!(KeyType::Symbol.check("é").is_err());
+    }
+
     #[test]
     fn truncate_fits_the_limit_and_marks_the_cut() {
         let long = "这是一条非常非常非常非常非常非常长的备注信息啊";
@@ -304,7 +547,13 @@ mod tests {
         assert!(KeyType::Thing.check(&cut).is_ok());
         assert_eq!(KeyType::Thing.truncate("short"), "short");
         let latin = "Bartholomew Montgomery Smith";
+        assert_eq!(
+            KeyType::Name.truncate(latin),
+            "Bartholomew Montgom…",
+            "a latin name keeps 20 with the mark"
+        );
         assert!(KeyType::Name.check(&KeyType::Name.truncate(latin)).is_ok());
         assert_eq!(KeyType::Phrase.truncate("一二三四五六七"), "一二三四五");
+        assert_eq!(KeyType::Symbol.truncate("!!!!!!!"), "!!!!…");
     }
 }

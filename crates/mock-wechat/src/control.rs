@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::faults::{Fault, FaultTarget};
 use super::state::Shared;
-use crate::rules::KeyType;
+use crate::value_rules;
 
 pub(crate) fn router() -> Router<Arc<Shared>> {
     Router::new()
@@ -129,7 +129,7 @@ async fn templates(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
         return Err(BadRequest("keys must list the template's data keys".into()));
     }
     // A key WeChat has no type for could never be sent; catch the typo here.
-    if let Some(bad) = b.keys.iter().find(|k| KeyType::of_key(k).is_none()) {
+    if let Some(bad) = b.keys.iter().find(|k| !value_rules::is_known_key(k)) {
         return Err(BadRequest(format!(
             "key {bad:?} has no WeChat type (thing1, amount2, time3, …)"
         )));

@@ -5,16 +5,20 @@
 //! The demo, the integration tests and the benchmark all run against it, so it follows
 //! WeChat closely (token overlap and rotation, quotas, validation order, errmsg with a rid)
 //! and stays cheap per request so it is never the bottleneck being measured.
+//!
+//! It is also the test oracle for the product's value rules: [`value_rules`] is written from
+//! WeChat's documentation and shares no code with the product, and [`accepts_value`] lets
+//! the product's tests ask it directly.
 
 pub mod cli;
 mod control;
 mod faults;
 mod routes;
-mod rules;
 mod state;
 mod stats;
 mod tokens;
 mod validate;
+pub mod value_rules;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -28,6 +32,12 @@ use tokio::task::JoinHandle;
 
 pub use faults::{Fault, FaultTarget};
 pub use stats::MockStats;
+
+/// Whether WeChat accepts `value` for the data key `key` (`thing4`, `amount2`, …): the same
+/// check the emulator's subscribe/send applies to each `data.<key>.value`.
+pub fn accepts_value(key: &str, value: &str) -> bool {
+    value_rules::accepts(key, value).is_ok()
+}
 
 use state::Shared;
 

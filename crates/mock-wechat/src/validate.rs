@@ -1,13 +1,14 @@
 //! The checks WeChat runs on a subscribe/send body, in WeChat's order, with its errcodes.
 //!
-//! Value limits come from [`crate::template::rules`], the same table the renderer uses, so
-//! the emulator can never drift from what the product believes WeChat accepts.
+//! Each data value is checked by [`crate::value_rules`], the emulator's own reading of
+//! WeChat's documented value rules (never the product's), so that a misreading in the
+//! product shows up as a 47003 here instead of passing both.
 
 use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
-use crate::rules::KeyType;
+use crate::value_rules;
 
 /// A send body that passed every check: what the subscription check needs.
 #[derive(Debug, PartialEq, Eq)]
@@ -105,11 +106,12 @@ fn check_data(data: Option<&Value>, template_keys: Option<&[String]>) -> Result<
             .and_then(|e| e.get("value"))
             .and_then(Value::as_str)
             .ok_or_else(|| Refusal::data(key))?;
-        let kind = KeyType::of_key(key).ok_or_else(|| Refusal::data(key))?;
-        if template_keys.is_some_and(|keys| !keys.iter().any(|k| k == key)) {
+        if !value_rules::is_known_key(key)
+            || template_keys.is_some_and(|keys| !keys.iter().any(|k| k == key))
+        {
             return Err(Refusal::data(key));
         }
-        kind.check(value).map_err(|_| Refusal::data(key))?;
+        value_rules::accepts(key, value).map_err(|_| Refusal::data(key))?;
     }
     if let Some(missing) =
         template_keys.and_then(|keys| keys.iter().find(|k| !data.contains_key(*k)))
