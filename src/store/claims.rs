@@ -94,14 +94,29 @@ return 1",
     )
 });
 
-/// Records that the event is being dead-lettered, if the claim is still this one's.
+/// Records that the event is being dead-lettered, if the claim is still this one's (a
+/// failure recorded on it since is fine). 1: recorded; 0: another claim or a final state
+/// has the event; -1: there is no record at all (Redis lost it).
 static DEAD_PENDING: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"if redis.call('HGET', KEYS[1], 'claim_id') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'claimed' then return 0 end
+        r"if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local state = redis.call('HGET', KEYS[1], 'state')
+if redis.call('HGET', KEYS[1], 'claim_id') ~= ARGV[1] or (state ~= 'claimed' and state ~= 'failed') then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'dead_pending', 'replayed', ARGV[2], 'dl_class', ARGV[3], 'dl_errcode', ARGV[4], 'dl_errmsg', ARGV[5])
 return 1",
     )
 });
+
+/// What recording a pending dead letter found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingMark {
+    /// Recorded: from now on no delivery of the event can send it.
+    Recorded,
+    /// Another claim, or a final state, has the event: another delivery carries it.
+    Superseded,
+    /// The record is gone (Redis lost it): nothing to record on.
+    NoRecord,
+}
 
 /// Records that the event's dead letter is confirmed; only from `dead_pending`.
 static DEAD: LazyLock<Script> = LazyLock::new(|| {
@@ -303,14 +318,14 @@ pub async fn mark_failed(
 }
 
 /// Records that the event is being dead-lettered for `pending`'s reason, if the claim is
-/// still `claim_id`'s; `false` when it is not (then another delivery carries the event).
+/// still `claim_id`'s.
 pub async fn mark_dead_pending(
     conn: &mut impl redis::aio::ConnectionLike,
     key: &str,
     claim_id: &ClaimId,
     replayed: i64,
     pending: &PendingDeadLetter,
-) -> redis::RedisResult<bool> {
+) -> redis::RedisResult<PendingMark> {
     let marked: i64 = DEAD_PENDING
         .key(key)
         .arg(&claim_id.0)
@@ -320,7 +335,11 @@ pub async fn mark_dead_pending(
         .arg(&pending.errmsg)
         .invoke_async(conn)
         .await?;
-    Ok(marked == 1)
+    Ok(match marked {
+        1 => PendingMark::Recorded,
+        -1 => PendingMark::NoRecord,
+        _ => PendingMark::Superseded,
+    })
 }
 
 /// Marks the event's dead letter confirmed (see [`Claim::AlreadyDead`]); only from

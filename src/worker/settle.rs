@@ -17,7 +17,7 @@ use crate::broker::dead_letter;
 use crate::broker::headers as h;
 use crate::broker::publish::Publisher;
 use crate::store::StoreError;
-use crate::store::claims::{self, PendingDeadLetter};
+use crate::store::claims::{self, PendingDeadLetter, PendingMark};
 use crate::telemetry::ErrorChain;
 use crate::worker::breaker::PROBE_EVERY;
 
@@ -42,8 +42,12 @@ pub async fn settle(
     } = disposition
     {
         match record_pending(ctx, record, failure).await {
-            Ok(true) => {}
-            Ok(false) => {
+            Ok(PendingMark::Recorded) => {}
+            Ok(PendingMark::NoRecord) => {
+                // Better a dead letter without a record than no dead letter at all.
+                tracing::warn!("the event's Redis record is gone; dead-lettering it unrecorded");
+            }
+            Ok(PendingMark::Superseded) => {
                 tracing::info!(
                     "the event's claim moved to another delivery, which carries it; this copy is acked"
                 );
@@ -153,21 +157,19 @@ fn next_step<'a>(
 }
 
 /// Before a dead letter of a claimed event is published, records it as `dead_pending` on
-/// the claim, so that from now on no delivery of the event can send it. `Ok(false)`: the
-/// claim is no longer this delivery's (another delivery has the event; this copy is a
-/// duplicate).
+/// the claim, so that from now on no delivery of the event can send it.
 async fn record_pending(
     ctx: &Ctx,
     record: &DeadRecord,
     failure: &dead_letter::Failure,
-) -> Result<bool, StoreError> {
+) -> Result<PendingMark, StoreError> {
     let DeadRecord::Claimed {
         key,
         claim_id,
         replayed,
     } = record
     else {
-        return Ok(true);
+        return Ok(PendingMark::Recorded);
     };
     let pending = PendingDeadLetter {
         class: failure.class.as_str().to_owned(),
