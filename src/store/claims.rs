@@ -190,6 +190,8 @@ pub struct ClaimRequest<'a> {
     /// The epoch key (see the module docs).
     pub epoch_key: &'a str,
     pub claim_id: &'a ClaimId,
+    /// How long the claim lives unless renewed ([`CLAIM_LEASE`] in the worker).
+    pub lease: Duration,
     /// The event record's lifetime (`policy.idempotency_ttl`).
     pub ttl: Duration,
     /// The message's `x-wxpush-replayed` count.
@@ -204,7 +206,7 @@ fn ms(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
 }
 
-/// Claims the event for `claim_id` for [`CLAIM_LEASE`] (renewed by [`renew`]).
+/// Claims the event for `claim_id` for `request.lease` (renewed by [`renew`]).
 pub async fn claim(
     conn: &mut impl redis::aio::ConnectionLike,
     request: &ClaimRequest<'_>,
@@ -213,7 +215,7 @@ pub async fn claim(
         .key(request.key)
         .key(request.epoch_key)
         .arg(&request.claim_id.0)
-        .arg(ms(CLAIM_LEASE))
+        .arg(ms(request.lease))
         .arg(ms(request.ttl))
         .arg(request.replayed)
         .arg(if request.seen_before { "1" } else { "0" })
@@ -237,17 +239,18 @@ pub async fn claim(
     })
 }
 
-/// Extends the claim by [`CLAIM_LEASE`] if it is still `claim_id`'s; `false` when it is not
+/// Extends the claim by `lease` if it is still `claim_id`'s; `false` when it is not
 /// (another delivery claimed the event, or its state changed, or Redis lost it).
 pub async fn renew(
     conn: &mut impl redis::aio::ConnectionLike,
     key: &str,
     claim_id: &ClaimId,
+    lease: Duration,
 ) -> redis::RedisResult<bool> {
     let renewed: i64 = RENEW
         .key(key)
         .arg(&claim_id.0)
-        .arg(ms(CLAIM_LEASE))
+        .arg(ms(lease))
         .invoke_async(conn)
         .await?;
     Ok(renewed == 1)
@@ -257,13 +260,14 @@ pub async fn renew(
 pub async fn renew_all(
     conn: &mut impl redis::aio::ConnectionLike,
     claims: &[(String, ClaimId)],
+    lease: Duration,
 ) -> redis::RedisResult<Vec<bool>> {
     if claims.is_empty() {
         return Ok(Vec::new());
     }
     let mut pipe = redis::pipe();
     for (key, claim_id) in claims {
-        pipe.invoke_script(RENEW.key(key).arg(&claim_id.0).arg(ms(CLAIM_LEASE)));
+        pipe.invoke_script(RENEW.key(key).arg(&claim_id.0).arg(ms(lease)));
     }
     let renewed: Vec<i64> = match pipe.query_async(conn).await {
         Ok(renewed) => renewed,

@@ -71,7 +71,7 @@ impl ClaimKeeper {
                 continue;
             }
             let renewed = match redis.get().await {
-                Ok(mut conn) => claims::renew_all(&mut conn, &due)
+                Ok(mut conn) => claims::renew_all(&mut conn, &due, CLAIM_LEASE)
                     .await
                     .map_err(|e| e.to_string()),
                 Err(e) => Err(ErrorChain(&e).to_string()),

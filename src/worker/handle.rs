@@ -25,7 +25,7 @@ use super::send::{self, Attempt};
 use crate::admin::metrics as m;
 use crate::broker::dead_letter::{self, Failure, FailureClass};
 use crate::event::{Event, Recipient};
-use crate::store::claims::{self, Claim, ClaimId, ClaimRequest, PendingDeadLetter};
+use crate::store::claims::{self, CLAIM_LEASE, Claim, ClaimId, ClaimRequest, PendingDeadLetter};
 use crate::template::Template;
 use crate::token::TokenError;
 use crate::wechat::client::SubscribeMessage;
@@ -227,6 +227,7 @@ async fn claim(
         key: &key,
         epoch_key: &epoch_key,
         claim_id: &claim_id,
+        lease: CLAIM_LEASE,
         ttl: ctx.config.policy.idempotency_ttl,
         replayed: history.replayed,
         seen_before: history.seen_before,

@@ -171,7 +171,7 @@ async fn still_ours(ctx: &Ctx, this: &Attempt<'_>) -> Result<(), Disposition> {
         return Ok(());
     }
     let mut conn = ctx.hot_path.get().await?;
-    let renewed = claims::renew(&mut conn, this.key, this.claim_id)
+    let renewed = claims::renew(&mut conn, this.key, this.claim_id, CLAIM_LEASE)
         .await
         .map_err(|e| Disposition::redis("claim renewal", e))?;
     if renewed {
