@@ -257,11 +257,17 @@ async fn the_earlier_ambiguous_state_reads_as_a_pending_dead_letter() {
 async fn after_redis_lost_its_data_no_state_is_not_never_sent() {
     let mut c = conn().await;
     let keys = Keys::new("lost");
-    claims::ensure_epoch(&mut c, &keys.epoch).await.unwrap();
+    // An epoch older than the loss window: no loss in sight.
+    let _: () = redis::cmd("SET")
+        .arg(&keys.epoch)
+        .arg(1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert_eq!(
         claim(&mut c, &keys, &ClaimId::new(), true).await,
         Claim::Fresh { openid: None },
-        "with the epoch intact and no loss, no state means never claimed"
+        "with an old epoch, no state means never claimed"
     );
     // The loss: everything under the deployment's prefix is gone, the epoch key included.
     cleanup(&mut c, &keys).await;
@@ -280,7 +286,7 @@ async fn after_redis_lost_its_data_no_state_is_not_never_sent() {
         "an event never handled before is fresh even after a loss"
     );
     assert!(
-        !claims::detect_loss(&mut c, &keys.epoch).await.unwrap(),
+        !claims::ensure_epoch(&mut c, &keys.epoch).await.unwrap(),
         "the claim already recorded the loss"
     );
     let _: () = redis::cmd("DEL")
@@ -289,7 +295,7 @@ async fn after_redis_lost_its_data_no_state_is_not_never_sent() {
         .await
         .unwrap();
     cleanup(&mut c, &keys).await;
-    assert!(claims::detect_loss(&mut c, &keys.epoch).await.unwrap());
+    assert!(claims::ensure_epoch(&mut c, &keys.epoch).await.unwrap());
     cleanup(&mut c, &keys).await;
 }
 

@@ -28,9 +28,9 @@
 //! `policy.on_ambiguous`. So is an event with no state at all whose delivery shows it was
 //! handled before (redelivered, retried, or once found busy) while Redis's data is younger
 //! than the loss window: Redis lost the state (a restart without persistence, a flush), so
-//! "no state" cannot be read as "never sent". The epoch key tells: every worker writes it
-//! (value 0, no TTL) before it consumes; a claim that finds it missing knows Redis lost its
-//! data and writes the time of the loss there, which starts the loss window for every worker.
+//! "no state" cannot be read as "never sent". The epoch key tells: it holds the time
+//! wxpush's data in this Redis began (no TTL), written by the first worker to start and
+//! again by whoever finds it missing (Redis lost its data); the loss window runs from it.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -66,7 +66,7 @@ elseif not state then
     redis.call('SET', KEYS[2], now)
     lost_at = now
   end
-  if ARGV[5] == '1' and lost_at > 0 and now - lost_at < tonumber(ARGV[6]) then answer = 'lost' end
+  if ARGV[5] == '1' and now - lost_at < tonumber(ARGV[6]) then answer = 'lost' end
 end
 redis.call('HSET', KEYS[1], 'state', 'claimed', 'claim_id', ARGV[1], 'deadline_ms', now + tonumber(ARGV[2]))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -380,25 +380,11 @@ pub async fn remember_openid(
     Ok(kept == 1)
 }
 
-/// Writes the epoch key at a worker's start if it is missing (a new deployment: value 0,
-/// no loss); `true` when it had to be written.
+/// Writes the epoch key if it is missing, with Redis's time: `true` when it had to be
+/// written. Missing means a new deployment, or a Redis that lost its data; the two cannot
+/// be told apart, so both start the loss window (in a new deployment that costs at most a
+/// few needless `ambiguous` verdicts for redeliveries in its first minutes).
 pub async fn ensure_epoch(
-    conn: &mut impl redis::aio::ConnectionLike,
-    epoch_key: &str,
-) -> redis::RedisResult<bool> {
-    let created: Option<String> = redis::cmd("SET")
-        .arg(epoch_key)
-        .arg(0)
-        .arg("NX")
-        .query_async(conn)
-        .await?;
-    Ok(created.is_some())
-}
-
-/// Checks, while running, that Redis still has the epoch key; when it does not, Redis lost
-/// its data: the key is written with the time of the loss (starting the loss window) and
-/// `true` is returned so the worker can say so loudly.
-pub async fn detect_loss(
     conn: &mut impl redis::aio::ConnectionLike,
     epoch_key: &str,
 ) -> redis::RedisResult<bool> {

@@ -39,7 +39,9 @@ pub async fn verify(ctx: &Ctx) -> Result<(), Unfit> {
         .await
         .map_err(|e| StoreError::new("epoch write", e))?
     {
-        tracing::info!("this Redis has no wxpush epoch yet: a new deployment (or key prefix)");
+        tracing::warn!(
+            "this Redis had no wxpush epoch: a new deployment (or key prefix), or Redis lost its data; redelivered events without state are treated as ambiguous for a while"
+        );
     }
     let risks = durability.risks();
     let promised = ctx.config.policy.on_ambiguous == OnAmbiguous::DeadLetter;
@@ -67,7 +69,7 @@ pub async fn detect_loss(ctx: &Ctx) {
     let Ok(mut conn) = ctx.hot_path.get().await else {
         return;
     };
-    if let Ok(true) = claims::detect_loss(&mut conn, &ctx.keys.epoch()).await {
+    if let Ok(true) = claims::ensure_epoch(&mut conn, &ctx.keys.epoch()).await {
         metrics::counter!(m::REDIS_DATA_LOST).increment(1);
         tracing::error!(
             "Redis lost wxpush's data (the epoch key is gone: a restart without persistence, a flush or a failover): events handled before now are treated as ambiguous for a while (policy.on_ambiguous decides)"
