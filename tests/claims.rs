@@ -361,3 +361,28 @@ async fn renewals_go_in_one_round_trip_and_say_which_claims_are_still_ours() {
     assert_eq!(renewed, [true]);
     cleanup(&mut c, &keys).await;
 }
+
+/// A claim whose reply was lost (the script ran, the connection broke) is released by its
+/// worker once Redis answers again: the next delivery claims it fresh, not as ambiguous —
+/// it was never sent under that claim.
+#[tokio::test]
+async fn a_released_orphan_claim_reads_as_never_sent() {
+    let mut c = conn().await;
+    let keys = Keys::new("orphan");
+    let _: () = redis::cmd("SET")
+        .arg(&keys.epoch)
+        .arg(1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let orphan = ClaimId::new();
+    claim(&mut c, &keys, &orphan, false).await;
+    claims::mark_failed(&mut c, &keys.event, &orphan, "orphan")
+        .await
+        .unwrap();
+    assert_eq!(
+        claim(&mut c, &keys, &ClaimId::new(), true).await,
+        Claim::Fresh { openid: None }
+    );
+    cleanup(&mut c, &keys).await;
+}

@@ -34,6 +34,10 @@ struct Held {
 pub struct ClaimKeeper {
     held: Arc<Mutex<HashMap<u64, Held>>>,
     next_slot: Arc<AtomicU64>,
+    /// Claims that may have been taken although their reply was lost (the connection broke
+    /// or timed out): released as soon as Redis answers again, so that a claim this worker
+    /// never sent under does not lapse into "ambiguous".
+    orphans: Arc<Mutex<Vec<(String, ClaimId)>>>,
 }
 
 /// A delivery's place in the keeper; the claim in it is renewed until the slot is dropped.
@@ -51,6 +55,43 @@ impl ClaimKeeper {
         }
     }
 
+    /// Remembers a claim whose reply never came, to release it later.
+    pub fn orphan(&self, key: &str, claim_id: &ClaimId) {
+        self.orphans
+            .lock()
+            .expect("claim keeper poisoned")
+            .push((key.to_owned(), claim_id.clone()));
+    }
+
+    /// Releases the orphaned claims (as a failure under their own claim id: never sent),
+    /// keeping those Redis did not answer for.
+    async fn release_orphans(&self, redis: &HotPath) {
+        let orphans = std::mem::take(&mut *self.orphans.lock().expect("claim keeper poisoned"));
+        if orphans.is_empty() {
+            return;
+        }
+        let mut unreleased = Vec::new();
+        for (key, claim_id) in orphans {
+            let released = match redis.get().await {
+                Ok(mut conn) => claims::mark_failed(&mut conn, &key, &claim_id, "orphan")
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            };
+            if !released {
+                unreleased.push((key, claim_id));
+            }
+        }
+        let released_all = unreleased.is_empty();
+        self.orphans
+            .lock()
+            .expect("claim keeper poisoned")
+            .extend(unreleased);
+        if released_all {
+            tracing::info!("claims whose reply was lost are released");
+        }
+    }
+
     /// How many claims are being kept alive.
     pub fn len(&self) -> usize {
         self.held.lock().expect("claim keeper poisoned").len()
@@ -60,12 +101,13 @@ impl ClaimKeeper {
         self.len() == 0
     }
 
-    /// Renews every held claim whose hold has not run out, every [`RENEW_EVERY`], until
-    /// `stop`.
+    /// Renews every held claim whose hold has not run out, and releases orphaned claims,
+    /// every [`RENEW_EVERY`], until `stop`.
     pub async fn run(self, redis: HotPath, stop: CancellationToken) {
         let mut tick = tokio::time::interval(RENEW_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while stop.run_until_cancelled(tick.tick()).await.is_some() {
+            self.release_orphans(&redis).await;
             let due = self.due();
             if due.is_empty() {
                 continue;

@@ -235,9 +235,11 @@ async fn claim(
     };
     let claimed_at = Instant::now();
     let mut conn = ctx.hot_path.get().await?;
-    let found = claims::claim(&mut conn, &request)
-        .await
-        .map_err(|e| Disposition::redis("claim", e))?;
+    let found = claims::claim(&mut conn, &request).await.map_err(|e| {
+        // The script may have run although its reply was lost: release that claim later.
+        ctx.keeper.orphan(&key, &claim_id);
+        Disposition::redis("claim", e)
+    })?;
     let unconfirmed = match &found {
         Claim::Ambiguous { .. } => Some(Unconfirmed::LapsedClaim),
         Claim::Lost => Some(Unconfirmed::LostState),
