@@ -353,3 +353,293 @@ async fn token_refresh_is_skipped_while_the_local_copy_is_fresh() {
     assert_eq!(s.mock.stats().token_calls, 1);
     s.cleanup().await;
 }
+
+// ---- The token-store windows ("Exactly-once, proven", item 8) ----
+
+fn lock_key(s: &Setup) -> String {
+    format!("{}:token-lock:{{{APPID}}}", s.prefix)
+}
+
+async fn lease_held(s: &Setup) -> bool {
+    let mut conn = s.redis().await;
+    redis::cmd("EXISTS")
+        .arg(lock_key(s))
+        .query_async::<bool>(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// The stable endpoint can make two fetches in one refresh (normal, then forced when WeChat
+/// hands back the failed token). Here each takes 600 ms under a 1 s lease: the refresher
+/// must extend its lease before the second, or a waiting worker takes over at 1 s, fetches
+/// normally, and stores the very token that just failed (WeChat still hands it out until
+/// the forced fetch lands).
+#[tokio::test]
+async fn a_refresh_with_two_fetches_keeps_its_lease_for_the_second() {
+    let s = setup("twofetch", MockOptions::default(), TokenEndpoint::Stable).await;
+    let mut config = s.config.clone();
+    config.wechat.lock_ttl = Duration::from_secs(1);
+    config.wechat.timeout = Duration::from_millis(900);
+    let store = |config: &Config| {
+        let pool = wxpush::store::pooled(&config.redis).unwrap();
+        TokenStore::new(config, pool, WechatClient::new(&config.wechat).unwrap()).unwrap()
+    };
+    let (a, b) = (store(&config), store(&config));
+    let first = a.get("default").await.unwrap();
+    s.mock.push_faults(
+        FaultTarget::Token,
+        vec![
+            Fault::Delay(Duration::from_millis(600)),
+            Fault::Delay(Duration::from_millis(600)),
+        ],
+    );
+    let a_task = {
+        let (a, first) = (a.clone(), first.clone());
+        tokio::spawn(async move { a.replace_stale("default", &first).await })
+    };
+    eventually("A's first fetch", Duration::from_secs(5), || async {
+        (s.mock.stats().in_flight > 0).then_some(())
+    })
+    .await;
+    let b_token = b.get("default").await.unwrap();
+    let a_token = a_task.await.unwrap().unwrap();
+    assert_ne!(a_token, first, "A replaced the failed token");
+    assert_eq!(b_token, a_token, "B waited for A's forced token");
+    assert_eq!(s.stored_token().await.as_deref(), Some(a_token.expose()));
+    let stats = s.mock.stats();
+    assert_eq!(
+        stats.stable_token_calls, 3,
+        "initial, normal, forced; no takeover fetch: {stats:?}"
+    );
+    assert_eq!(stats.force_refresh_calls, 1);
+    s.cleanup().await;
+}
+
+/// Three workers whose clocks are an hour fast, an hour slow and right share a token that
+/// lives 3 s. Freshness is Redis's time, so they refresh once per refresh period between
+/// them, and every token any of them hands out is accepted by WeChat (never 42001).
+#[tokio::test]
+async fn workers_with_skewed_clocks_refresh_once_per_lifetime_and_never_serve_an_expired_token() {
+    let ttl = Duration::from_secs(3);
+    let s = setup(
+        "skew",
+        MockOptions {
+            token_ttl: ttl,
+            ..Default::default()
+        },
+        TokenEndpoint::Classic,
+    )
+    .await;
+    const HOUR_MS: i64 = 3_600_000;
+    let stores: Vec<TokenStore> = [HOUR_MS, -HOUR_MS, 0]
+        .into_iter()
+        .map(|skew| {
+            let pool = wxpush::store::pooled(&s.config.redis).unwrap();
+            let client = WechatClient::new(&s.config.wechat).unwrap();
+            TokenStore::with_local_clock_skew(&s.config, pool, client, skew).unwrap()
+        })
+        .collect();
+    let run = Duration::from_millis(4500);
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = stores
+        .into_iter()
+        .enumerate()
+        .map(|(i, store)| {
+            let client = WechatClient::new(&s.config.wechat).unwrap();
+            tokio::spawn(async move {
+                let mut tokens = std::collections::HashSet::new();
+                let mut pace = tokio::time::interval(Duration::from_millis(25));
+                while started.elapsed() < run {
+                    pace.tick().await;
+                    let token = store.get("default").await.unwrap();
+                    if let Err(e) = client.send(&token, &message(i)).await {
+                        panic!("store {i} served a token WeChat refused: {e}");
+                    }
+                    tokens.insert(token.expose().to_owned());
+                }
+                tokens
+            })
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for t in tasks {
+        seen.extend(t.await.unwrap());
+    }
+    let stats = s.mock.stats();
+    // A refresh is due half-way through a 3 s lifetime: 4.5 s of traffic needs 3 or 4.
+    assert!(
+        (3..=4).contains(&stats.classic_token_calls),
+        "one fetch per refresh period: {stats:?}"
+    );
+    assert_eq!(
+        seen.len() as u64,
+        stats.classic_token_calls,
+        "every fetched token was used"
+    );
+    assert_eq!(stats.sends_by_errcode.get("42001"), None, "{stats:?}");
+    s.cleanup().await;
+}
+
+/// 50 callers at once while every token fetch fails: the first failure answers the callers
+/// queued behind it, so they do not each repeat the fetch one after another.
+#[tokio::test]
+async fn concurrent_callers_share_one_failed_refresh() {
+    let s = setup(
+        "failshare",
+        MockOptions {
+            latency: Duration::from_millis(100),
+            ..Default::default()
+        },
+        TokenEndpoint::Stable,
+    )
+    .await;
+    s.mock
+        .set_fault_rate(FaultTarget::Token, Some(Fault::Http(500)), 1.0);
+    let store = s.store();
+    let barrier = Arc::new(tokio::sync::Barrier::new(50));
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.get("default").await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let err = t.await.unwrap().unwrap_err();
+        assert!(matches!(err, TokenError::Fetch { .. }), "{err:?}");
+    }
+    let elapsed = started.elapsed();
+    let stats = s.mock.stats();
+    assert!(stats.http_errors <= 3, "fetch attempts: {stats:?}");
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "all callers answered in {elapsed:?}"
+    );
+    // The failure is not sticky: once WeChat answers, a token comes.
+    s.mock.set_fault_rate(FaultTarget::Token, None, 0.0);
+    eventually(
+        "a token after the fault clears",
+        Duration::from_secs(5),
+        || async { store.get("default").await.ok() },
+    )
+    .await;
+    s.cleanup().await;
+}
+
+/// A caller that gives up (its future dropped) while holding the lease mid-fetch releases
+/// the lease at once instead of leaving every other worker waiting out `lock_ttl` (5 s).
+#[tokio::test]
+async fn a_cancelled_refresh_releases_its_lease() {
+    let s = setup("cancel", MockOptions::default(), TokenEndpoint::Stable).await;
+    let (a, b) = (s.store(), s.store());
+    s.mock.push_faults(
+        FaultTarget::Token,
+        vec![Fault::Delay(Duration::from_secs(3))],
+    );
+    let a_task = tokio::spawn(async move { a.get("default").await });
+    eventually(
+        "A to hold the lease and fetch",
+        Duration::from_secs(5),
+        || async { (s.mock.stats().in_flight > 0 && lease_held(&s).await).then_some(()) },
+    )
+    .await;
+    a_task.abort();
+    assert!(a_task.await.unwrap_err().is_cancelled());
+    eventually("the lease released", Duration::from_secs(2), || async {
+        (!lease_held(&s).await).then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    b.get("default").await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "B did not wait out the lease"
+    );
+    s.cleanup().await;
+}
+
+/// A Redis error while the lease is held (here the token write fails: the key was turned
+/// into a string mid-fetch) ends the refresh with that error and the lease released.
+#[tokio::test]
+async fn a_redis_error_while_holding_the_lease_releases_it() {
+    let s = setup("rediserr", MockOptions::default(), TokenEndpoint::Stable).await;
+    let store = s.store();
+    s.mock.push_faults(
+        FaultTarget::Token,
+        vec![Fault::Delay(Duration::from_millis(500))],
+    );
+    let task = {
+        let store = store.clone();
+        tokio::spawn(async move { store.get("default").await })
+    };
+    eventually("the fetch in flight", Duration::from_secs(5), || async {
+        (s.mock.stats().in_flight > 0).then_some(())
+    })
+    .await;
+    let token_key = format!("{}:token:{{{APPID}}}", s.prefix);
+    let mut conn = s.redis().await;
+    let _: () = redis::cmd("SET")
+        .arg(&token_key)
+        .arg("not a hash")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let err = task.await.unwrap().unwrap_err();
+    assert!(matches!(err, TokenError::Redis(_)), "{err:?}");
+    assert!(
+        !lease_held(&s).await,
+        "the lease was released on the error path"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(&token_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    eventually(
+        "a token once the key is sane",
+        Duration::from_secs(5),
+        || async { store.get("default").await.ok() },
+    )
+    .await;
+    s.cleanup().await;
+}
+
+/// Every fetch outlives its 1 s lease (1.3 s each, a client whose timeout is too long): each
+/// turn of the refresh loop loses the lease and discards its token. The loop must still end
+/// at its deadline (3 × lock_ttl) instead of going round for ever.
+#[tokio::test]
+async fn a_refresh_that_keeps_losing_its_lease_stops_at_its_deadline() {
+    let s = setup("lostlease", MockOptions::default(), TokenEndpoint::Classic).await;
+    let mut config = s.config.clone();
+    config.wechat.lock_ttl = Duration::from_secs(1);
+    config.wechat.timeout = Duration::from_millis(900);
+    let slow_client = {
+        let mut c = config.wechat.clone();
+        c.timeout = Duration::from_secs(10);
+        WechatClient::new(&c).unwrap()
+    };
+    let pool = wxpush::store::pooled(&config.redis).unwrap();
+    let store = TokenStore::new(&config, pool, slow_client).unwrap();
+    s.mock.set_fault_rate(
+        FaultTarget::Token,
+        Some(Fault::Delay(Duration::from_millis(1300))),
+        1.0,
+    );
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(10), store.get("default"))
+        .await
+        .expect("the refresh loop ends by itself");
+    let err = result.unwrap_err();
+    assert!(matches!(err, TokenError::WaitTimeout { .. }), "{err:?}");
+    // The deadline (3 s) plus at most the fetch in progress when it passed.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    s.mock.set_fault_rate(FaultTarget::Token, None, 0.0);
+    s.cleanup().await;
+}

@@ -1,4 +1,5 @@
-//! A lease in Redis: `SET key owner NX PX ttl`, released by compare-and-delete.
+//! A lease in Redis: `SET key owner NX PX ttl`, extended by compare-and-`PEXPIRE`, released
+//! by compare-and-delete.
 //!
 //! It is a lease, not a fencing lock: a holder that stalls past the TTL loses it without
 //! knowing. Writers that must not act after losing it check ownership atomically in the
@@ -13,6 +14,13 @@ use deadpool_redis::redis::{self, Script};
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
+    )
+});
+
+/// Resets the TTL only if the key still holds our owner id.
+static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end",
     )
 });
 
@@ -46,9 +54,25 @@ pub async fn try_acquire(
 }
 
 impl Lease {
+    /// Gives the lease a full `ttl` from now if we still hold it; `false` when it was lost
+    /// (expired, and maybe taken by someone else): the holder must then stop acting on it.
+    pub async fn extend(
+        &self,
+        conn: &mut impl redis::aio::ConnectionLike,
+        ttl: Duration,
+    ) -> redis::RedisResult<bool> {
+        let extended: i64 = EXTEND
+            .key(&self.key)
+            .arg(&self.owner)
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(conn)
+            .await?;
+        Ok(extended == 1)
+    }
+
     /// Releases the lease if we still hold it; `false` when it had already expired.
     pub async fn release(
-        self,
+        &self,
         conn: &mut impl redis::aio::ConnectionLike,
     ) -> redis::RedisResult<bool> {
         let deleted: i64 = RELEASE

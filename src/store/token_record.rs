@@ -2,24 +2,51 @@
 //! [`Keys::token`](super::Keys::token)), written only by the holder of the refresh
 //! [`lease`](super::lease) and deleted only if it is the very token found stale.
 //!
+//! Every time in the record is Redis's (`TIME` inside the scripts), never a worker's: a
+//! worker whose clock is off cannot make the others treat a token as fresh or stale
+//! wrongly. Each read returns Redis's time with the record, so the reader compares like
+//! with like.
+//!
 //! When a token counts as fresh, and who refreshes it, is the token module's business.
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use deadpool_redis::redis::{self, Script};
 
 use super::lease::Lease;
 use crate::wechat::client::AccessToken;
 
+/// Redis's clock in Unix milliseconds, as a Lua expression (`TIME` is seconds and
+/// microseconds). Lua numbers are doubles: exact for milliseconds until the year 287,396.
+const REDIS_NOW_MS: &str = "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)";
+
 /// Writes the fetched token only while the writer still holds the lease, so a refresher that
-/// stalled past its lease cannot overwrite the token of the one that replaced it.
+/// stalled past its lease cannot overwrite the token of the one that replaced it. The
+/// absolute times are computed here from Redis's clock: ARGV[3] is the lifetime, ARGV[4] how
+/// long before expiry a refresh is due, both in ms. Returns `{now, expires_at, refresh_at}`.
 static STORE_IF_OWNER: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'token', ARGV[2], 'expires_at_ms', ARGV[3], 'refresh_at_ms', ARGV[4], 'fetched_at_ms', ARGV[5], 'endpoint', ARGV[6])
-redis.call('PEXPIREAT', KEYS[1], ARGV[3])
-return 1",
-    )
+    Script::new(&format!(
+        r"if redis.call('GET', KEYS[2]) ~= ARGV[1] then return false end
+{REDIS_NOW_MS}
+local lifetime = tonumber(ARGV[3])
+local expires = now + lifetime
+local refresh = expires - tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'token', ARGV[2], 'expires_at_ms', string.format('%.0f', expires),
+  'refresh_at_ms', string.format('%.0f', refresh), 'fetched_at_ms', string.format('%.0f', now),
+  'endpoint', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], lifetime)
+return {{now, expires, refresh}}"
+    ))
+});
+
+/// The record's fields and Redis's time, in one step.
+static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{REDIS_NOW_MS}
+local f = redis.call('HMGET', KEYS[1], 'token', 'expires_at_ms', 'refresh_at_ms', 'fetched_at_ms', 'endpoint')
+return {{now, f[1], f[2], f[3], f[4], f[5]}}"
+    ))
 });
 
 /// Deletes the stored token only if it is the one that was found stale.
@@ -40,7 +67,8 @@ pub enum TokenSource {
     Fetched,
 }
 
-/// A token with its timing, as stored in Redis.
+/// A token with its timing, as stored in Redis. The times are Unix milliseconds by Redis's
+/// clock.
 #[derive(Debug, Clone)]
 pub struct TokenInfo {
     pub token: AccessToken,
@@ -51,30 +79,22 @@ pub struct TokenInfo {
     pub source: TokenSource,
 }
 
-/// The stored token, if any.
+/// The stored token, if any, and Redis's time when it was read (Unix ms).
 pub async fn read(
     conn: &mut impl redis::aio::ConnectionLike,
     key: &str,
-) -> redis::RedisResult<Option<TokenInfo>> {
-    type Fields = (
+) -> redis::RedisResult<(Option<TokenInfo>, u64)> {
+    type Reply = (
+        u64,
         Option<String>,
         Option<u64>,
         Option<u64>,
         Option<u64>,
         Option<String>,
     );
-    let (token, expires_at, refresh_at, fetched_at, endpoint): Fields = redis::cmd("HMGET")
-        .arg(key)
-        .arg(&[
-            "token",
-            "expires_at_ms",
-            "refresh_at_ms",
-            "fetched_at_ms",
-            "endpoint",
-        ])
-        .query_async(conn)
-        .await?;
-    Ok(match (token, expires_at, refresh_at) {
+    let (now, token, expires_at, refresh_at, fetched_at, endpoint): Reply =
+        READ.key(key).invoke_async(conn).await?;
+    let info = match (token, expires_at, refresh_at) {
         (Some(token), Some(expires_at_ms), Some(refresh_at_ms)) => Some(TokenInfo {
             token: AccessToken::new(token),
             expires_at_ms,
@@ -84,29 +104,50 @@ pub async fn read(
             source: TokenSource::Redis,
         }),
         _ => None,
-    })
+    };
+    Ok((info, now))
 }
 
-/// Stores `info` under `key` if `lease` is still ours; `false` when it was lost meanwhile
-/// (the token is then not written).
+/// A token just fetched, before Redis gives it absolute times.
+#[derive(Debug, Clone, Copy)]
+pub struct NewToken<'a> {
+    pub token: &'a AccessToken,
+    /// How long it lives from now (Redis's now, when the write lands).
+    pub lifetime: Duration,
+    /// How long before its expiry a refresh is due.
+    pub refresh_ahead: Duration,
+    pub endpoint: &'a str,
+}
+
+/// Stores `new` under `key` if `lease` is still ours, with its times from Redis's clock:
+/// the stored record (its `fetched_at_ms` is Redis's time of the write), or `None` when the
+/// lease was lost meanwhile (the token is then not written).
 pub async fn store_if_owner(
     conn: &mut impl redis::aio::ConnectionLike,
     key: &str,
     lease: &Lease,
-    info: &TokenInfo,
-) -> redis::RedisResult<bool> {
-    let stored: i64 = STORE_IF_OWNER
+    new: &NewToken<'_>,
+) -> redis::RedisResult<Option<TokenInfo>> {
+    let lifetime = (new.lifetime.as_millis() as u64).max(1);
+    let ahead = (new.refresh_ahead.as_millis() as u64).min(lifetime);
+    let stored: Option<(u64, u64, u64)> = STORE_IF_OWNER
         .key(key)
         .key(&lease.key)
         .arg(&lease.owner)
-        .arg(info.token.expose())
-        .arg(info.expires_at_ms)
-        .arg(info.refresh_at_ms)
-        .arg(info.fetched_at_ms)
-        .arg(&info.endpoint)
+        .arg(new.token.expose())
+        .arg(lifetime)
+        .arg(ahead)
+        .arg(new.endpoint)
         .invoke_async(conn)
         .await?;
-    Ok(stored == 1)
+    Ok(stored.map(|(now, expires_at_ms, refresh_at_ms)| TokenInfo {
+        token: new.token.clone(),
+        expires_at_ms,
+        refresh_at_ms,
+        fetched_at_ms: now,
+        endpoint: new.endpoint.to_owned(),
+        source: TokenSource::Fetched,
+    }))
 }
 
 /// Deletes the stored token if it is `stale`; `true` when it was deleted.
