@@ -30,7 +30,7 @@ use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
 use serde_json::{Value, json};
 use wxpush::broker::topology::Topology;
-use wxpush::config::load_str;
+use wxpush::config::{QueueType, load_str};
 use wxpush_mock_wechat::{AcceptedSend, Fault, FaultTarget, MockOptions, MockServer};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -184,7 +184,19 @@ impl Fleet {
         workers: usize,
         tweak: impl FnOnce(&mut toml::Table),
     ) -> Fleet {
-        let mut app = TestApp::start_with(name, options, |_| {}).await;
+        Fleet::on_queues(name, options, policy, workers, QueueType::Classic, tweak).await
+    }
+
+    /// [`Fleet::new`] on queues of the given type.
+    async fn on_queues(
+        name: &str,
+        options: MockOptions,
+        policy: Policy,
+        workers: usize,
+        queue_type: QueueType,
+        tweak: impl FnOnce(&mut toml::Table),
+    ) -> Fleet {
+        let mut app = TestApp::start_with(name, options, |c| c.amqp.queue_type = queue_type).await;
         let mut table: toml::Table =
             toml::from_str(&config_text(&app.prefix, &app.mock.base_url()))
                 .expect("the test config is TOML");
@@ -198,6 +210,11 @@ impl Fleet {
         // The test Redis keeps nothing on disk; these tests are about the worker, not Redis.
         set(&mut table, "policy", "unsafe_redis", true);
         set(&mut table, "worker", "shutdown_grace", "5s");
+        let queue_type_name = match queue_type {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        };
+        set(&mut table, "amqp", "queue_type", queue_type_name);
         tweak(&mut table);
         let text = toml::to_string(&table).expect("config serializes");
         let loaded = load_str(&text, Path::new("faults.toml"), vec![]).expect("config parses");
@@ -562,7 +579,7 @@ async fn sleep_until(start: Instant, at: Duration) {
 /// 5,000 events through 3 worker processes; 5 times a random worker is SIGKILLed at a random
 /// moment while events flow, and restarted. Sends take 50 ms, so a kill usually catches
 /// some mid-call: their claims expire into the ambiguous case.
-async fn sigkill_workers(policy: Policy) {
+async fn sigkill_workers(policy: Policy, queue_type: QueueType) {
     let _serial = SERIAL.lock().await;
     let mut rng = seeded_rng();
     let (n, kills, stream) = if soak() {
@@ -570,8 +587,12 @@ async fn sigkill_workers(policy: Policy) {
     } else {
         (5_000, 5, Duration::from_secs(15))
     };
-    let name = format!("kill-{}", policy.as_str().replace('_', ""));
-    let mut fleet = Fleet::new(&name, latency(50), policy, 3, |_| {}).await;
+    let queues = match queue_type {
+        QueueType::Classic => "",
+        QueueType::Quorum => "-quorum",
+    };
+    let name = format!("kill-{}{queues}", policy.as_str().replace('_', ""));
+    let mut fleet = Fleet::on_queues(&name, latency(50), policy, 3, queue_type, |_| {}).await;
     fleet.spawn_all().await;
     let (ids, events) = events("k", n);
     let start = Instant::now();
@@ -610,12 +631,22 @@ async fn sigkill_workers(policy: Policy) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_workers_at_random_moments_resend() {
-    sigkill_workers(Policy::Resend).await;
+    sigkill_workers(Policy::Resend, QueueType::Classic).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_workers_at_random_moments_dead_letter() {
-    sigkill_workers(Policy::DeadLetter).await;
+    sigkill_workers(Policy::DeadLetter, QueueType::Classic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_workers_at_random_moments_resend_quorum() {
+    sigkill_workers(Policy::Resend, QueueType::Quorum).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_workers_at_random_moments_dead_letter_quorum() {
+    sigkill_workers(Policy::DeadLetter, QueueType::Quorum).await;
 }
 
 // ----- 2. the broker and Redis -----
