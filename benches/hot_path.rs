@@ -14,7 +14,7 @@ fn main() {
     divan::main();
 }
 
-/// The body `wxpush bench` publishes (one event of the order.paid template).
+/// The body `wxpush-bench` publishes (one event of the order.paid template).
 const BODY: &str = r#"{"id":"bench-1a2b3c4d-1234","type":"order.paid","recipient":{"openid":"o000000000000000000000b1234"},"data":{"order_no":"1a2b3c4d-1234","amount":"22.34","paid_at":"2026-11-24T10:00:00+08:00","remark":"感谢您的购买"},"occurred_at":"2026-11-24T10:00:01+08:00"}"#;
 
 /// A long remark (over `thing`'s 20 characters) takes the truncation path.

@@ -2,7 +2,9 @@
 # Runs the benchmark matrix of docs/benchmarks.md, each case RUNS times (default 3), and
 # writes one JSON report per run to benches/results/ (OUT=dir to change); runs whose report
 # is already there are skipped, so an interrupted matrix resumes. Needs RabbitMQ and
-# Redis on localhost and a release build: cargo build --release.
+# Redis on localhost (bash scripts/test.sh --services starts them). Runs the load harness
+# target/release/wxpush-bench (crates/bench), building it first with
+# `cargo build --release -p wxpush-bench`; BIN=path runs another build instead.
 #
 #   scripts/bench_matrix.sh            # everything (about 15 minutes on 2 cores)
 #   scripts/bench_matrix.sh a c        # only some cases
@@ -15,7 +17,15 @@
 #   WXPUSH_REDIS__URL=redis://127.0.0.1:6390/0 scripts/bench_matrix.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${BIN:-target/release/wxpush}
+if [ -z "${BIN:-}" ]; then
+    BIN=${CARGO_TARGET_DIR:-target}/release/wxpush-bench
+    echo "== cargo build --release -p wxpush-bench" >&2
+    cargo build --release --locked -p wxpush-bench --quiet
+fi
+[ -x "$BIN" ] || {
+    echo "no load harness at $BIN: build it with cargo build --release -p wxpush-bench, or set BIN" >&2
+    exit 1
+}
 OUT=${OUT:-benches/results}
 RUNS=${RUNS:-3}
 EVENTS=${EVENTS:-20000}
@@ -24,15 +34,15 @@ mkdir -p "$OUT"
 # The worker's default log level: per-message spans cost what they cost in production.
 unset RUST_LOG
 
-bench() { # name, then wxpush bench arguments
+bench() { # name, then wxpush-bench arguments
     local name=$1; shift
     for run in $(seq 1 "$RUNS"); do
         # Resuming: a run whose report exists is not run again.
         [ -s "$OUT/$name-$run.json" ] && continue
         # A run that fails (e.g. another test suite restarting the broker) is tried again.
         for attempt in 1 2 3; do
-            echo "== $name run $run (attempt $attempt): wxpush bench $*" >&2
-            if "$BIN" bench --events "$EVENTS" --json "$OUT/$name-$run.json" "$@" \
+            echo "== $name run $run (attempt $attempt): wxpush-bench $*" >&2
+            if "$BIN" --events "$EVENTS" --json "$OUT/$name-$run.json" "$@" \
                 >"$OUT/$name-$run.txt" 2>"$OUT/$name-$run.log"; then
                 grep -E "sends/s|ceiling|end to end|added|token|Redis|RSS|CPU" "$OUT/$name-$run.txt" >&2 || true
                 break

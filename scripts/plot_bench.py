@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Summarises `wxpush bench --json` reports and plots throughput against the in-flight window.
+"""Summarises `wxpush-bench --json` reports and plots throughput against the in-flight window.
 
     python3 scripts/plot_bench.py [RESULTS_DIR] [--png docs/benchmarks-window.png]
 
@@ -85,7 +85,10 @@ def table(cases):
 
 
 def plot(cases, png):
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("the plot needs matplotlib: pip install matplotlib (or --no-plot for the table only)")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,5 +1,6 @@
 //! The command line as a user meets it: `check` exit codes and messages, clear errors for a
-//! missing or broken config, and help that lists every command.
+//! missing or broken config, help that lists every command, and the developer tools present
+//! only in a default (not a production) build.
 
 use std::process::{Command, Output};
 
@@ -97,21 +98,45 @@ fn help_lists_every_command() {
     let out = wxpush(&["--help"], &[]);
     assert!(out.status.success());
     let t = text(&out);
-    for command in [
-        "run",
-        "publish",
-        "replay",
-        "dead",
-        "check",
-        "token",
-        "mock-wechat",
-        "demo",
-        "bench",
-    ] {
+    for command in ["run", "publish", "replay", "dead", "check", "token"] {
         assert!(
             t.contains(&format!("  {command} ")),
             "{command} missing from help: {t}"
         );
+    }
+    // The load harness is its own package (crates/bench, `wxpush-bench`), not a subcommand.
+    assert!(
+        !t.contains("  bench "),
+        "bench is not a wxpush command: {t}"
+    );
+}
+
+/// The developer tools are in a default build and absent from the production one
+/// (`--no-default-features`, as deploy/Dockerfile builds it): `cargo test --test cli`
+/// checks the first, `cargo test --no-default-features --test cli` the second.
+#[test]
+fn developer_tools_only_with_the_dev_tools_feature() {
+    let help = text(&wxpush(&["--help"], &[]));
+    for command in ["mock-wechat", "demo"] {
+        let sub = wxpush(&[command, "--help"], &[]);
+        if cfg!(feature = "dev-tools") {
+            assert!(
+                help.contains(&format!("  {command} ")),
+                "{command} missing from help: {help}"
+            );
+            assert!(sub.status.success(), "{command} --help: {}", text(&sub));
+        } else {
+            assert!(
+                !help.contains(&format!("  {command} ")),
+                "{command} in a production build: {help}"
+            );
+            assert_eq!(sub.status.code(), Some(2), "{command}: {}", text(&sub));
+            assert!(
+                text(&sub).contains("unrecognized subcommand"),
+                "{}",
+                text(&sub)
+            );
+        }
     }
 }
 

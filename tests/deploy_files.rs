@@ -659,6 +659,43 @@ fn compose_file_runs_the_stack() {
         "the example config is mounted"
     );
 
+    // The workers run the production image (the Dockerfile's last stage); the emulator has
+    // its own target, since the production binary has no `mock-wechat`.
+    let stages = dockerfile_stages();
+    let production = &stages.last().unwrap().name;
+    let target = |svc: &str| {
+        assert_eq!(
+            s(&services[svc], &["build", "dockerfile"], svc),
+            "deploy/Dockerfile"
+        );
+        services[svc]["build"]["target"].as_str().map(str::to_owned)
+    };
+    assert!(
+        target("worker").is_none_or(|t| &t == production),
+        "the workers build the production stage `{production}`"
+    );
+    let mock = &services["mock-wechat"];
+    let mock_target = target("mock-wechat").expect("mock-wechat: build.target");
+    assert_eq!(
+        mock_target, "mock-wechat",
+        "the emulator's Dockerfile target"
+    );
+    stage(&stages, &mock_target);
+    assert_ne!(
+        mock["image"], worker["image"],
+        "the emulator and the workers are different images: they need different tags"
+    );
+    let argv: Vec<&str> = [&mock["entrypoint"], &mock["command"]]
+        .into_iter()
+        .flat_map(|v| v.as_array().into_iter().flatten())
+        .map(|v| v.as_str().expect("exec form: a list of strings"))
+        .collect();
+    assert_eq!(
+        argv,
+        ["wxpush-mock-wechat", "--listen", "0.0.0.0:8088"],
+        "mock-wechat: entrypoint + command"
+    );
+
     match Command::new("docker").args(["compose", "version"]).output() {
         Err(_) => println!("note: docker is not on PATH; skipped `docker compose config -q`"),
         Ok(o) if !o.status.success() => {
@@ -703,31 +740,181 @@ fn kustomization_renders_with_kubectl() {
     }
 }
 
+/// One `FROM` stage of deploy/Dockerfile: its name (`AS name`, lowercased) and its
+/// instruction lines, trimmed, comments and blank lines left out.
+struct Stage {
+    name: String,
+    lines: Vec<String>,
+}
+
+impl Stage {
+    fn has(&self, prefix: &str) -> bool {
+        self.lines.iter().any(|l| l.starts_with(prefix))
+    }
+
+    /// The `cargo build` lines of this stage (usually continuation lines of a `RUN`).
+    fn cargo_builds(&self) -> Vec<&str> {
+        self.lines
+            .iter()
+            .filter(|l| l.contains("cargo build"))
+            .map(String::as_str)
+            .collect()
+    }
+}
+
+fn dockerfile_stages() -> Vec<Stage> {
+    let text = read(&deploy_dir().join("Dockerfile"));
+    let mut stages: Vec<Stage> = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(from) = line.strip_prefix("FROM ") {
+            let words: Vec<&str> = from.split_whitespace().collect();
+            let name = match words.as_slice() {
+                [.., as_, name] if as_.eq_ignore_ascii_case("as") => name.to_lowercase(),
+                _ => String::new(),
+            };
+            stages.push(Stage {
+                name,
+                lines: Vec::new(),
+            });
+        }
+        if let Some(stage) = stages.last_mut() {
+            stage.lines.push(line.to_string());
+        }
+    }
+    stages
+}
+
+fn stage<'a>(stages: &'a [Stage], name: &str) -> &'a Stage {
+    stages
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("deploy/Dockerfile has no stage `{name}`"))
+}
+
+/// `--bin NAME` (or `-p NAME`) as a whole word of a command line: `--bin wxpush` must not
+/// match `--bin wxpush-mock-wechat`.
+fn has_arg(line: &str, flag: &str, value: &str) -> bool {
+    line.split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .any(|w| w[0] == flag && w[1] == value)
+}
+
 #[test]
 fn dockerfile_builds_a_non_root_wxpush_image() {
-    let text = read(&deploy_dir().join("Dockerfile"));
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.starts_with('#'))
-        .collect();
-    let has = |prefix: &str| lines.iter().any(|l| l.starts_with(prefix));
-    assert!(has("FROM rust:"), "builder stage");
+    let stages = dockerfile_stages();
+    assert!(stages.len() >= 2, "multi-stage");
     assert!(
-        lines.iter().filter(|l| l.starts_with("FROM ")).count() >= 2,
-        "multi-stage"
+        stages.iter().any(|s| s.has("FROM rust:")),
+        "a Rust builder stage"
     );
-    assert!(has("EXPOSE 9464"));
-    assert!(has(r#"ENTRYPOINT ["wxpush"]"#));
-    assert!(has(r#"CMD ["run"]"#));
-    let user = lines
+    // The default target (the last stage) is the production image that workers run.
+    let runtime = stages.last().unwrap();
+    assert!(
+        !runtime.has("FROM rust:"),
+        "the last stage is the runtime, not a builder"
+    );
+    assert!(runtime.has("EXPOSE 9464"));
+    assert!(runtime.has(r#"ENTRYPOINT ["wxpush"]"#));
+    assert!(runtime.has(r#"CMD ["run"]"#));
+    let user = runtime
+        .lines
         .iter()
         .rev()
         .find_map(|l| l.strip_prefix("USER "))
-        .expect("a USER instruction");
+        .expect("a USER instruction in the runtime stage");
     let uid = user.split(':').next().unwrap().trim();
     assert!(
         uid != "0" && uid != "root",
         "the image runs as non-root, not {uid}"
+    );
+}
+
+#[test]
+fn dockerfile_production_build_has_no_developer_tools() {
+    let stages = dockerfile_stages();
+    let runtime = stages.last().unwrap();
+    let copies: Vec<&String> = runtime
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("COPY --from="))
+        .collect();
+    assert_eq!(
+        copies.len(),
+        1,
+        "the production image copies one binary, wxpush: {copies:?}"
+    );
+    assert!(
+        copies[0].ends_with("/usr/local/bin/wxpush"),
+        "{}",
+        copies[0]
+    );
+    let from = copies[0]
+        .strip_prefix("COPY --from=")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap();
+    let builds = stage(&stages, &from.to_lowercase()).cargo_builds();
+    assert_eq!(
+        builds.len(),
+        1,
+        "stage {from} builds exactly one thing: {builds:?}"
+    );
+    let build = builds[0];
+    assert!(has_arg(build, "--bin", "wxpush"), "{build}");
+    // Without the default `dev-tools` feature: no `mock-wechat`, no `demo` in production.
+    for flag in [
+        "--release",
+        "--locked",
+        "--offline",
+        "--no-default-features",
+    ] {
+        assert!(
+            build.split_whitespace().any(|w| w == flag),
+            "the production build needs {flag}: {build}"
+        );
+    }
+    assert!(
+        !build.contains("--features") && !build.contains("--all-features"),
+        "no features switched back on: {build}"
+    );
+
+    // `cargo fetch` reads the whole workspace: every member's manifest must be copied in.
+    let text = read(&deploy_dir().join("Dockerfile"));
+    let crates = fs::read_dir(root().join("crates")).expect("crates/");
+    for entry in crates {
+        let dir = entry.unwrap().path();
+        if dir.join("Cargo.toml").is_file() {
+            let manifest = format!("{}/Cargo.toml", rel(&dir));
+            assert!(
+                text.lines()
+                    .any(|l| l.trim().starts_with("COPY ") && l.contains(&manifest)),
+                "deploy/Dockerfile must COPY {manifest} (with placeholder sources) before `cargo fetch`"
+            );
+        }
+    }
+}
+
+#[test]
+fn dockerfile_has_an_emulator_target_for_compose() {
+    let stages = dockerfile_stages();
+    let mock = stage(&stages, "mock-wechat");
+    assert!(mock.has(r#"ENTRYPOINT ["wxpush-mock-wechat"]"#));
+    assert!(mock.has("USER 65532"), "the emulator runs as non-root too");
+    let from = mock
+        .lines
+        .iter()
+        .find_map(|l| l.strip_prefix("COPY --from="))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the emulator stage copies its binary from a builder");
+    let builds = stage(&stages, &from.to_lowercase()).cargo_builds();
+    assert!(
+        builds
+            .iter()
+            .any(|b| has_arg(b, "-p", "wxpush-mock-wechat")
+                && has_arg(b, "--bin", "wxpush-mock-wechat")),
+        "stage {from} builds the wxpush-mock-wechat binary: {builds:?}"
     );
 }

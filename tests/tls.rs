@@ -2,7 +2,8 @@
 //! `rediss://user:password@…`, through stunnel terminating TLS in front of the local
 //! servers, trusting a CA made for the test (via `SSL_CERT_FILE`).
 //!
-//! Needs `openssl` and `stunnel` (Debian: openssl, stunnel4; `.ci/run` installs them).
+//! Needs `openssl` and `stunnel` (Debian: openssl, stunnel4; `bash scripts/test.sh`
+//! installs them).
 
 mod common;
 
@@ -22,7 +23,9 @@ fn free_port() -> u16 {
 }
 
 fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("{cmd:?}: {e} (`bash scripts/test.sh` installs what this test needs)")
+    });
     assert!(
         out.status.success(),
         "{cmd:?}: {}",
@@ -108,7 +111,12 @@ fn stunnel(dir: &Path, amqps: u16, rediss: u16) -> Stunnel {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("stunnel is installed"),
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {binary}: {e}; install stunnel (Debian: apt-get install \
+                     stunnel4), or run `bash scripts/test.sh`, which installs it"
+                )
+            }),
     )
 }
 

@@ -165,6 +165,11 @@ pub async fn run(file: Option<&Path>, args: DemoArgs) -> CliResult {
         mock.base_url()
     );
     println!("  queues    {prefix}.events, {prefix}.dead, {prefix}.events.retry.*\n");
+    if let Err(e) = check_servers(&config).await {
+        let _ = std::fs::remove_dir_all(&secret_dir);
+        mock.shutdown().await;
+        return Err(e.into());
+    }
 
     let (lines, expected) = samples(args.events);
     for i in 0..=args.events + 2 {
@@ -334,6 +339,41 @@ async fn run_demo(
         })
         .collect();
     Ok((sent, dead))
+}
+
+/// What to do when RabbitMQ or Redis is not there: the demo's one prerequisite.
+const START_SERVERS: &str = "The demo needs RabbitMQ and Redis running. To start them on this machine:
+  rabbitmq-server -detached && rabbitmqctl await_startup
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\" --appendonly no
+(`bash scripts/test.sh --services` does both, installing them if needed), or point the demo at running servers with WXPUSH_AMQP__URL / WXPUSH_REDIS__URL.";
+
+/// Both servers must answer before anything is declared or started: a missing one is then
+/// named at once, with the fix, instead of the worker waiting for it until a timeout.
+async fn check_servers(config: &Config) -> anyhow::Result<()> {
+    const WAIT: Duration = Duration::from_secs(5);
+    let amqp = config::redact_url(&config.amqp.url);
+    match tokio::time::timeout(WAIT, broker::connect(&config.amqp.url, "demo check")).await {
+        Ok(Ok(connection)) => {
+            let _ = connection.close(200, "demo check done".into()).await;
+        }
+        Ok(Err(e)) => anyhow::bail!("{e:#}\n{START_SERVERS}"),
+        Err(_) => anyhow::bail!("RabbitMQ at {amqp} did not answer within 5 s\n{START_SERVERS}"),
+    }
+    let redis = config::redact_url(&config.redis.url);
+    let ping = async {
+        let pool = crate::store::connect(&config.redis)?;
+        let mut connection = pool.get().await?;
+        deadpool_redis::redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await?;
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(WAIT, ping).await {
+        Ok(Ok(())) => Ok(()),
+        // `{e}`, not `{e:#}`: the pool error already includes its cause.
+        Ok(Err(e)) => anyhow::bail!("cannot reach Redis at {redis}: {e}\n{START_SERVERS}"),
+        Err(_) => anyhow::bail!("Redis at {redis} did not answer within 5 s\n{START_SERVERS}"),
+    }
 }
 
 async fn wait_for(what: &str, done: impl Fn() -> bool) -> anyhow::Result<()> {

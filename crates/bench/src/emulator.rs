@@ -1,6 +1,7 @@
 //! The WeChat emulator the bench runs against: in-process (on its own runtime, so its CPU
-//! can be told apart from the worker's) or a separately running `wxpush mock-wechat`
-//! reached through its control API.
+//! can be told apart from the worker's) or a separately running emulator
+//! (`wxpush-mock-wechat`, or `wxpush mock-wechat` in a developer build) reached through its
+//! control API.
 
 use std::time::Duration;
 
@@ -55,14 +56,19 @@ impl Emulator {
                 http,
                 latency,
             };
+            // Reached first, so a wrong URL is told as such rather than as a failed setting.
+            emulator.stats().await.with_context(|| {
+                format!(
+                    "no WeChat emulator answering at {url} (GET /mock/stats); start one with \
+                     `cargo run --release -p wxpush-mock-wechat -- --listen 127.0.0.1:8088`, \
+                     or leave out --mock-url for an in-process one"
+                )
+            })?;
             if let Some(latency) = latency {
                 emulator
                     .control("latency", json!({"ms": latency.as_millis() as u64}))
                     .await?;
             }
-            emulator.stats().await.with_context(|| {
-                format!("no `wxpush mock-wechat` answering at {url} (GET /mock/stats)")
-            })?;
             return Ok(emulator);
         }
         let latency = latency.unwrap_or_default();

@@ -11,9 +11,15 @@
 //! Each event carries a sequence number in `data.order_no` (`<run tag>-<n>`); the emulator
 //! records the rendered message with the time it accepted it, so end-to-end latency is that
 //! time minus the publish time the bench noted for `n`. Workers run in-process (`--workers`)
-//! or as worker processes (`--processes`: this binary's hidden `run`, the same code as `wxpush run`), each with the config file the bench writes
-//! to a temp dir and the app secret in a file. Everything lives under its own names
-//! (`wxpush-bench-<tag>.*` queues, `wxpush-bench-<tag>:` keys) and is deleted afterwards.
+//! or as worker processes (`--processes`), each with the config file the bench writes to a
+//! temp dir and the app secret in a file. A worker process is this binary started again with
+//! its hidden `run` subcommand, which is `wxpush run` (the same library call), so the bench
+//! needs no `wxpush` binary next to it and always measures the code it was built with.
+//! Everything lives under its own names (`wxpush-bench-<tag>.*` queues,
+//! `wxpush-bench-<tag>:` keys) and is deleted afterwards.
+//!
+//! The bench is its own package (`crates/bench`, not part of the production build):
+//! `cargo run --release -p wxpush-bench -- --events 5000`.
 
 mod baseline;
 mod emulator;
@@ -36,12 +42,23 @@ use wxpush::broker::publish::Publisher;
 use wxpush::broker::{self, topology::Topology};
 use wxpush::cli::{CliError, CliResult, progress};
 use wxpush::config::{self, Config};
+use wxpush::telemetry::LogFormat;
 use wxpush::template::Templates;
 
 pub(crate) const BENCH_APPID: &str = "wxbe0c4000000000aa";
 const BENCH_SECRET: &str = "bench-secret-not-real";
 /// The event type the bench publishes; the config must map it.
 pub(crate) const EVENT_TYPE: &str = "order.paid";
+
+/// The config the bench starts from without `--config`: the repository's commented sample,
+/// built into the binary so that it runs from any directory (and a rebuild picks up edits).
+const EXAMPLE_CONFIG: &str = include_str!("../../../examples/wxpush.toml");
+
+/// What to do when RabbitMQ or Redis is not there.
+pub(crate) const START_SERVERS: &str = "The bench needs RabbitMQ and Redis running. To start them on this machine:
+  rabbitmq-server -detached && rabbitmqctl await_startup
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\" --appendonly no
+(`bash scripts/test.sh --services` does both), or point the bench at running servers with WXPUSH_AMQP__URL / WXPUSH_REDIS__URL.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,30 +68,46 @@ pub(crate) const EVENT_TYPE: &str = "order.paid";
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
-    /// Config file to start from [default: $WXPUSH_CONFIG, else ./wxpush.toml, else the example]
-    #[arg(long, global = true, value_name = "FILE")]
+    /// Config file to start from; the bench replaces its queue names, key prefix, WeChat URL
+    /// and app [default: examples/wxpush.toml, built in]
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Log format of the in-process workers [default: human on a terminal, else json]
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     worker: Option<WorkerCommand>,
     #[command(flatten)]
     bench: BenchArgs,
 }
 
+/// The subcommand's arguments are its own, not the bench's (whose options conflict with
+/// it), so that `run` takes exactly what `wxpush run` takes.
 #[derive(Debug, Subcommand)]
 enum WorkerCommand {
-    /// A worker process of a `--processes` run: exactly `wxpush run`
+    /// A worker process of a `--processes` run: exactly `wxpush run --config FILE`
     #[command(hide = true)]
-    Run,
+    Run {
+        /// The config file the bench wrote for this run. Required: falling back to
+        /// $WXPUSH_CONFIG or ./wxpush.toml, as `wxpush run` does, could start a worker on
+        /// real queues.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.worker {
-        Some(WorkerCommand::Run) => wxpush::cli::execute(None, async move {
-            let loaded = wxpush::cli::load(cli.config.as_deref())?;
-            Ok(wxpush::worker::run_until_signal(loaded.config).await?)
-        }),
-        None => wxpush::cli::execute(None, run(cli.config.as_deref(), cli.bench)),
+        Some(WorkerCommand::Run { config, log_format }) => {
+            wxpush::cli::execute(log_format, async move {
+                let loaded = wxpush::cli::load(Some(&config))?;
+                Ok(wxpush::worker::run_until_signal(loaded.config).await?)
+            })
+        }
+        None => wxpush::cli::execute(cli.log_format, run(cli.config.as_deref(), cli.bench)),
     }
 }
 
@@ -86,7 +119,8 @@ pub struct BenchArgs {
     /// In-process workers, each with its own AMQP connection, Redis pool and HTTP client
     #[arg(long, default_value_t = 1, conflicts_with = "processes")]
     pub workers: usize,
-    /// Run N `wxpush run` OS processes instead of in-process workers
+    /// Run N worker OS processes (each the same code as `wxpush run`) instead of in-process
+    /// workers
     #[arg(long, value_name = "N")]
     pub processes: Option<usize>,
     /// amqp.prefetch of each worker: its messages in flight
@@ -96,8 +130,8 @@ pub struct BenchArgs {
     /// emulator is]
     #[arg(long, value_parser = humantime::parse_duration)]
     pub latency: Option<Duration>,
-    /// Use a running `wxpush mock-wechat` (e.g. http://127.0.0.1:8088) instead of an
-    /// in-process emulator
+    /// Use a running emulator (`wxpush-mock-wechat`, e.g. at http://127.0.0.1:8088) instead
+    /// of an in-process one
     #[arg(long, value_name = "URL")]
     pub mock_url: Option<String>,
     /// Also time a plain consume-and-ack loop with the same prefetch and messages: the ceiling
@@ -160,6 +194,8 @@ pub async fn run(file: Option<&Path>, args: BenchArgs) -> CliResult {
             "--events, --workers, --processes and --prefetch must be at least 1".into(),
         ));
     }
+    // Read before anything is started or written, so a wrong path fails cleanly.
+    let base = BaseConfig::read(file)?;
     let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let prefix = format!("wxpush-bench-{tag}");
     let dir = std::env::temp_dir().join(&prefix);
@@ -178,7 +214,8 @@ pub async fn run(file: Option<&Path>, args: BenchArgs) -> CliResult {
             return Err(e.into());
         }
     };
-    let outcome = prepare_and_measure(file, args, tag, prefix, &dir, &secret_file, &emulator).await;
+    let outcome =
+        prepare_and_measure(&base, args, tag, prefix, &dir, &secret_file, &emulator).await;
     emulator.shutdown().await;
     if keep || outcome.is_err() {
         eprintln!("the run's config and worker logs are in {}", dir.display());
@@ -197,7 +234,7 @@ pub async fn run(file: Option<&Path>, args: BenchArgs) -> CliResult {
 }
 
 async fn prepare_and_measure(
-    file: Option<&Path>,
+    base: &BaseConfig,
     args: BenchArgs,
     tag: String,
     prefix: String,
@@ -208,7 +245,7 @@ async fn prepare_and_measure(
     emulator.register_app(BENCH_APPID, BENCH_SECRET).await?;
     let config_path = dir.join("wxpush.toml");
     let config = write_config(
-        file,
+        base,
         &config_path,
         &prefix,
         &emulator.base_url(),
@@ -232,10 +269,41 @@ async fn prepare_and_measure(
     result
 }
 
+/// The config the bench starts from: `--config FILE`, or the built-in example.
+struct BaseConfig {
+    /// For messages: the file as given, or the example's name.
+    origin: String,
+    text: String,
+}
+
+impl BaseConfig {
+    fn read(file: Option<&Path>) -> anyhow::Result<BaseConfig> {
+        let Some(file) = file else {
+            return Ok(BaseConfig {
+                origin: "examples/wxpush.toml (built in)".into(),
+                text: EXAMPLE_CONFIG.to_owned(),
+            });
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            let cwd = std::env::current_dir().map_or("?".into(), |d| d.display().to_string());
+            anyhow::anyhow!(
+                "cannot read the --config file {}: {e} (a relative path is taken from the \
+                 current directory, {cwd}; without --config the bench uses its built-in \
+                 copy of examples/wxpush.toml)",
+                file.display()
+            )
+        })?;
+        Ok(BaseConfig {
+            origin: file.display().to_string(),
+            text,
+        })
+    }
+}
+
 /// Writes the config the workers use: the given file (or the example) with the bench's own
 /// queue names, key prefix, emulator, app and prefetch. Returns it as loaded and checked.
 fn write_config(
-    file: Option<&Path>,
+    base: &BaseConfig,
     path: &Path,
     prefix: &str,
     api_base: &str,
@@ -243,17 +311,10 @@ fn write_config(
     prefetch: u16,
 ) -> anyhow::Result<Config> {
     use toml::{Table, Value};
-    let text = match file {
-        Some(f) => std::fs::read_to_string(f)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?,
-        None => include_str!("../../../examples/wxpush.toml").to_owned(),
-    };
-    let mut root: Table = text.parse().map_err(|e| {
-        anyhow::anyhow!(
-            "{}: {e}",
-            file.map_or("examples/wxpush.toml".into(), |f| f.display().to_string())
-        )
-    })?;
+    let mut root: Table = base
+        .text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", base.origin))?;
     fn section<'a>(root: &'a mut Table, name: &str) -> &'a mut Table {
         let entry = root
             .entry(name)
@@ -287,7 +348,7 @@ fn write_config(
         }
     }
     let text = format!(
-        "# Written by `wxpush bench` for this run only.\n{}",
+        "# Written by `wxpush-bench` for this run only.\n{}",
         toml::to_string(&root)?
     );
     std::fs::write(path, text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -305,7 +366,9 @@ fn write_config(
 async fn measure(plan: &Plan, emulator: &Emulator) -> anyhow::Result<Report> {
     let args = &plan.args;
     let config = &plan.config;
-    let connection = broker::connect(&config.amqp.url, "bench").await?;
+    let connection = broker::connect(&config.amqp.url, "bench")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\n{START_SERVERS}"))?;
     let publisher = Publisher::open(&connection).await?;
     Topology::new(&config.amqp, &config.retry)
         .declare(publisher.channel())
@@ -313,7 +376,14 @@ async fn measure(plan: &Plan, emulator: &Emulator) -> anyhow::Result<Report> {
     let monitor = connection.create_channel().await?;
     let events = Arc::new(load::events(&plan.tag, "", args.events));
     let mut report = Report::new(plan, emulator);
-    let mut redis = probe::Redis::connect(&config.redis.url).await?;
+    let mut redis = probe::Redis::connect(&config.redis.url)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot connect to Redis at {}: {e:#}\n{START_SERVERS}",
+                config::redact_url(&config.redis.url)
+            )
+        })?;
     report.machine.redis_version = redis.version().await;
     report.machine.loadavg_start = probe::loadavg();
 
@@ -446,5 +516,55 @@ mod tests {
         assert!(parse_rate("0/s").is_err());
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("5/h").is_err());
+    }
+
+    /// A `--processes` run starts this binary with `workers::process_args`: the parser must
+    /// take them as the worker subcommand (bench options conflict with it).
+    #[test]
+    fn worker_processes_parse_as_the_run_subcommand() {
+        let args = workers::process_args(Path::new("/tmp/x/wxpush.toml"));
+        let cli = Cli::try_parse_from(std::iter::once("wxpush-bench".into()).chain(args))
+            .expect("the worker process's arguments parse");
+        match cli.worker {
+            Some(WorkerCommand::Run { config, log_format }) => {
+                assert_eq!(config, Path::new("/tmp/x/wxpush.toml"));
+                assert_eq!(log_format, Some(LogFormat::Json));
+            }
+            None => panic!("parsed as a bench run, not as a worker"),
+        }
+        // A worker never falls back to $WXPUSH_CONFIG or ./wxpush.toml.
+        assert!(Cli::try_parse_from(["wxpush-bench", "run"]).is_err());
+        assert!(Cli::try_parse_from(["wxpush-bench", "--events", "5", "run"]).is_err());
+    }
+
+    /// Without --config the bench runs from any directory on the built-in example.
+    #[test]
+    fn the_built_in_example_config_maps_the_bench_event() {
+        let base = BaseConfig::read(None).unwrap();
+        let dir = std::env::temp_dir().join(format!("wxpush-bench-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, BENCH_SECRET).unwrap();
+        let config = write_config(
+            &base,
+            &dir.join("wxpush.toml"),
+            "wxpush-bench-test",
+            "http://127.0.0.1:9",
+            &secret,
+            64,
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = config.unwrap();
+        assert_eq!(config.amqp.queue, "wxpush-bench-test.events");
+        assert_eq!(config.amqp.prefetch, 64);
+        assert_eq!(config.wechat.api_base, "http://127.0.0.1:9");
+
+        let missing = BaseConfig::read(Some(Path::new("no/such/wxpush.toml")));
+        let message = missing.err().unwrap().to_string();
+        assert!(
+            message.contains("cannot read the --config file no/such/wxpush.toml")
+                && message.contains("built-in copy of examples/wxpush.toml"),
+            "{message}"
+        );
     }
 }

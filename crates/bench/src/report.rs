@@ -356,7 +356,7 @@ impl Report {
         let t = &self.throughput;
         println!();
         println!(
-            "wxpush bench ({} mode): {} events, {} {}, prefetch {}, emulator {} latency {}",
+            "wxpush-bench ({} mode): {} events, {} {}, prefetch {}, emulator {} latency {}",
             self.mode,
             p.events,
             p.workers,

@@ -1,7 +1,10 @@
-//! The workers under test: [`Worker`]s in this process, or `wxpush run` processes started
-//! with the bench's config file (the secret is in a file next to it), logging to that dir.
+//! The workers under test: [`Worker`]s in this process, or worker processes started with
+//! the bench's config file (the secret is in a file next to it), logging to that dir. A
+//! worker process is this very binary with its hidden `run` subcommand (`wxpush run`'s
+//! code), so it cannot be a different build from the bench that measures it.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -29,6 +32,18 @@ pub struct Memory {
     pub peak_rss: Vec<u64>,
 }
 
+/// The arguments of a worker process: this binary's hidden `run` (see `main.rs`), logging
+/// JSON lines to its log file as `wxpush run` does off a terminal.
+pub fn process_args(config: &Path) -> Vec<OsString> {
+    vec![
+        "run".into(),
+        "--config".into(),
+        config.into(),
+        "--log-format".into(),
+        "json".into(),
+    ]
+}
+
 fn tail(path: &PathBuf, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
@@ -46,23 +61,25 @@ impl Workers {
                 Ok(Workers::InProcess(workers))
             }
             Some(count) => {
-                let exe = std::env::current_exe().context("cannot find the wxpush binary")?;
+                let exe = std::env::current_exe().context(
+                    "cannot find this program's own path to start the worker processes; \
+                     use in-process workers (--workers) instead",
+                )?;
                 let mut processes = Vec::new();
                 for i in 0..count {
                     let log = plan.dir.join(format!("worker-{i}.log"));
                     let file = std::fs::File::create(&log)
                         .with_context(|| format!("cannot create {}", log.display()))?;
                     let child = tokio::process::Command::new(&exe)
-                        .arg("--config")
-                        .arg(&plan.config_path)
-                        .arg("run")
-                        .env("WXPUSH_LOG_FORMAT", "json")
+                        .args(process_args(&plan.config_path))
                         .stdin(Stdio::null())
                         .stdout(file.try_clone()?)
                         .stderr(file)
                         .kill_on_drop(true)
                         .spawn()
-                        .with_context(|| format!("cannot start {}", exe.display()))?;
+                        .with_context(|| {
+                            format!("cannot start worker process {} run", exe.display())
+                        })?;
                     let pid = child.id().context("worker process has no pid")?;
                     processes.push(Process { child, pid, log });
                 }
