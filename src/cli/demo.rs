@@ -361,7 +361,7 @@ async fn check_servers(config: &Config) -> anyhow::Result<()> {
     }
     let redis = config::redact_url(&config.redis.url);
     let ping = async {
-        let pool = crate::store::connect(&config.redis)?;
+        let pool = crate::store::pooled(&config.redis)?;
         let mut connection = pool.get().await?;
         deadpool_redis::redis::cmd("PING")
             .query_async::<String>(&mut connection)
