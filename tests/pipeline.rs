@@ -515,6 +515,14 @@ async fn an_ambiguous_dead_letter_is_never_sent_by_redelivery_only_by_replay() {
         app.dead_letters(1).await[0].class.as_deref(),
         Some("ambiguous")
     );
+    // The dead letter is recorded in Redis after its confirm (and before its ack): the
+    // redelivery below is what a crash after that record would bring.
+    eventually(
+        "the dead letter recorded",
+        Duration::from_secs(10),
+        || async { (app.event_state("hung-3").await.as_deref() == Some("dead")).then_some(()) },
+    )
+    .await;
     // The same message again, as a redelivery after a crash between the dead letter's confirm
     // and its ack would bring it: acked, neither sent nor dead-lettered a second time. A good
     // event published after it is delivered after it; the shutdown drains what is in flight.
