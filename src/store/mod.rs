@@ -88,6 +88,21 @@ impl HotPath {
         })
     }
 
+    /// Runs `command` on the shared connection; a failure of either the connection or the
+    /// command comes back as one [`StoreError`] labelled `action`.
+    pub async fn run<T>(
+        &self,
+        action: &'static str,
+        command: impl AsyncFnOnce(
+            &mut deadpool_redis::redis::aio::ConnectionManager,
+        ) -> deadpool_redis::redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.get().await?;
+        command(&mut conn)
+            .await
+            .map_err(|e| StoreError::new(action, e))
+    }
+
     /// A handle on the shared connection (cheap to clone).
     pub async fn get(&self) -> Result<deadpool_redis::redis::aio::ConnectionManager, StoreError> {
         use deadpool_redis::redis::aio::{ConnectionManager, ConnectionManagerConfig};

@@ -72,12 +72,12 @@ impl ClaimKeeper {
         }
         let mut unreleased = Vec::new();
         for (key, claim_id) in orphans {
-            let released = match redis.get().await {
-                Ok(mut conn) => claims::mark_failed(&mut conn, &key, &claim_id, "orphan")
-                    .await
-                    .is_ok(),
-                Err(_) => false,
-            };
+            let released = redis
+                .run("orphan claim release", async |conn| {
+                    claims::mark_failed(conn, &key, &claim_id, "orphan").await
+                })
+                .await
+                .is_ok();
             if !released {
                 unreleased.push((key, claim_id));
             }
@@ -112,12 +112,11 @@ impl ClaimKeeper {
             if due.is_empty() {
                 continue;
             }
-            let renewed = match redis.get().await {
-                Ok(mut conn) => claims::renew_all(&mut conn, &due, CLAIM_LEASE)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(ErrorChain(&e).to_string()),
-            };
+            let renewed = redis
+                .run("claim renewal", async |conn| {
+                    claims::renew_all(conn, &due, CLAIM_LEASE).await
+                })
+                .await;
             match renewed {
                 Ok(renewed) => {
                     let lost = renewed.iter().filter(|r| !**r).count();
@@ -126,7 +125,7 @@ impl ClaimKeeper {
                     }
                 }
                 Err(e) => tracing::warn!(
-                    error = %e,
+                    error = %ErrorChain(&e),
                     claims = due.len(),
                     "could not renew this worker's claims; they lapse unless Redis answers soon"
                 ),

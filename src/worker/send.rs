@@ -84,19 +84,15 @@ pub async fn send(
 async fn sent(ctx: &Ctx, this: &Attempt<'_>, msgid: u64) -> Disposition {
     record_send(this.app, this.template_id, "ok", None);
     ctx.breaker.reset(this.app);
-    let marked = match ctx.hot_path.get().await {
-        Ok(mut conn) => claims::mark_sent(
-            &mut conn,
-            this.key,
-            msgid,
-            ctx.config.policy.idempotency_ttl,
-        )
-        .await
-        .map_err(|e| e.to_string()),
-        Err(e) => Err(ErrorChain(&e).to_string()),
-    };
+    let ttl = ctx.config.policy.idempotency_ttl;
+    let marked = ctx
+        .hot_path
+        .run("mark sent", async |conn| {
+            claims::mark_sent(conn, this.key, msgid, ttl).await
+        })
+        .await;
     if let Err(e) = marked {
-        tracing::warn!(error = %e, "sent, but could not record it in Redis; acking anyway");
+        tracing::warn!(error = %ErrorChain(&e), "sent, but could not record it in Redis; acking anyway");
     }
     Disposition::Sent { msgid }
 }
@@ -170,10 +166,12 @@ async fn still_ours(ctx: &Ctx, this: &Attempt<'_>) -> Result<(), Disposition> {
     if age < CLAIM_LEASE / 2 {
         return Ok(());
     }
-    let mut conn = ctx.hot_path.get().await?;
-    let renewed = claims::renew(&mut conn, this.key, this.claim_id, CLAIM_LEASE)
-        .await
-        .map_err(|e| Disposition::redis("claim renewal", e))?;
+    let renewed = ctx
+        .hot_path
+        .run("claim renewal", async |conn| {
+            claims::renew(conn, this.key, this.claim_id, CLAIM_LEASE).await
+        })
+        .await?;
     if renewed {
         Ok(())
     } else {
@@ -192,14 +190,14 @@ pub(super) async fn mark_failed(ctx: &Ctx, key: &str, claim_id: &ClaimId, error:
 
 async fn mark_failed_as(ctx: &Ctx, key: &str, claim_id: &ClaimId, reason: &str) {
     // Best effort: if Redis is down the claim simply expires, which later reads as ambiguous.
-    let marked = match ctx.hot_path.get().await {
-        Ok(mut conn) => claims::mark_failed(&mut conn, key, claim_id, reason)
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(ErrorChain(&e).to_string()),
-    };
+    let marked = ctx
+        .hot_path
+        .run("mark failed", async |conn| {
+            claims::mark_failed(conn, key, claim_id, reason).await
+        })
+        .await;
     if let Err(e) = marked {
-        tracing::warn!(error = %e, "could not record the failure in Redis");
+        tracing::warn!(error = %ErrorChain(&e), "could not record the failure in Redis");
     }
 }
 

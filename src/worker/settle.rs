@@ -176,10 +176,11 @@ async fn record_pending(
         errcode: failure.errcode,
         errmsg: failure.errmsg.clone(),
     };
-    let mut conn = ctx.hot_path.get().await?;
-    claims::mark_dead_pending(&mut conn, key, claim_id, *replayed, &pending)
+    ctx.hot_path
+        .run("dead-letter record", async |conn| {
+            claims::mark_dead_pending(conn, key, claim_id, *replayed, &pending).await
+        })
         .await
-        .map_err(|e| StoreError::new("dead-letter record", e))
 }
 
 /// Records that the event's dead letter is confirmed, so a redelivery is acked instead of
@@ -193,15 +194,14 @@ async fn record_dead(ctx: &Ctx, record: &DeadRecord) {
         }
     };
     let ttl = ctx.config.policy.idempotency_ttl;
-    let marked = match ctx.hot_path.get().await {
-        Ok(mut conn) => claims::mark_dead(&mut conn, key, replayed, ttl)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(ErrorChain(&e).to_string()),
-    };
+    let marked = ctx
+        .hot_path
+        .run("dead-letter record", async |conn| {
+            claims::mark_dead(conn, key, replayed, ttl).await
+        })
+        .await;
     if let Err(e) = marked {
-        tracing::warn!(error = %e, "dead letter confirmed, but not recorded in Redis");
+        tracing::warn!(error = %ErrorChain(&e), "dead letter confirmed, but not recorded in Redis");
     }
 }
 
