@@ -99,7 +99,7 @@ pub async fn run(config: &Config, args: PublishArgs) -> CliResult {
         .await
         .map_err(anyhow::Error::from)?;
     Topology::new(&config.amqp, &config.retry)
-        .declare(publisher.channel())
+        .declare_on(&connection)
         .await?;
     let published = publish_all(&publisher, &config.amqp.exchange, &events, args.window).await;
     publisher.close().await;
