@@ -13,7 +13,8 @@
 //! - [`worker`]: consume → decide (`handle`, `send`, `disposition`) → settle → ack;
 //! - [`admin`]: health, readiness and metrics;
 //! - [`telemetry`]: logging setup and error chains for logs;
-//! - [`cli`]: the `wxpush` commands.
+//! - [`cli`]: the `wxpush` commands;
+//! - [`failpoint`]: named fault points for tests (nothing without the `failpoints` feature).
 //!
 //! The WeChat emulator (`crates/mock-wechat`) and the load harness (`crates/bench`) are
 //! packages of their own: the production binary contains neither.
@@ -24,6 +25,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod failpoint;
 pub mod store;
 pub mod telemetry;
 pub mod template;

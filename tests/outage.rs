@@ -113,11 +113,11 @@ async fn own_connections() -> Vec<String> {
         .collect()
 }
 
-async fn close_connection(pid: &str) {
+async fn close_connection(pid: String) {
     let out = tokio::process::Command::new("rabbitmqctl")
         .args([
             "close_connection",
-            pid,
+            &pid,
             "test: broker closes the connection",
         ])
         .output()
@@ -143,8 +143,14 @@ async fn broker_closing_connections_mid_stream_loses_and_duplicates_nothing() {
 
     app.publish_all(&order_events("cut", 300)).await;
     app.sent(1).await;
-    for pid in &connections {
-        close_connection(pid).await;
+    // rabbitmqctl takes about a second a call, and a worker has two connections (consuming,
+    // publishing): close them all at once.
+    let closing: Vec<_> = connections
+        .iter()
+        .map(|pid| tokio::spawn(close_connection(pid.clone())))
+        .collect();
+    for close in closing {
+        close.await.expect("close_connection");
     }
     let at_close = app.mock.sends().len();
     assert!(

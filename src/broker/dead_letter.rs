@@ -121,6 +121,13 @@ pub fn attempts(headers: &FieldTable) -> u32 {
         .clamp(0, i64::from(u32::MAX)) as u32
 }
 
+/// How many times the message was parked so far (0 if never).
+pub fn parks(headers: &FieldTable) -> u32 {
+    h::get_i64(headers, PARKED)
+        .unwrap_or(0)
+        .clamp(0, i64::from(u32::MAX)) as u32
+}
+
 /// How many times an operator replayed the message (0 for a first delivery).
 pub fn replays(headers: &FieldTable) -> i64 {
     h::get_i64(headers, REPLAYED).unwrap_or(0)
@@ -394,6 +401,7 @@ mod tests {
         let once = for_park(FieldTable::default(), "shop");
         let twice = for_park(once, "shop");
         assert_eq!(h::get_i64(&twice, PARKED), Some(2));
+        assert_eq!(parks(&twice), 2);
         assert_eq!(attempts(&twice), 0);
         assert_eq!(
             Letter::of(1, &props(twice), b"x").app.as_deref(),

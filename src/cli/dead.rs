@@ -6,7 +6,9 @@
 //! messages of a classic queue back in their original positions. Nothing is lost or
 //! reordered; the messages only come back marked `redelivered`. While the listing runs, the
 //! messages it holds are invisible to other readers of the dead-letter queue (a concurrent
-//! `dead` or `replay` sees fewer).
+//! `dead` or `replay` sees fewer). A listing longer than RabbitMQ's `consumer_timeout` (30
+//! minutes by default) fails when the broker closes the channel; the letters go back all the
+//! same (`--limit` reads fewer).
 //!
 //! Shared with `replay`: [`open_queue`]. What a dead letter says about itself is read by
 //! [`Letter`] (`broker::dead_letter`).
@@ -79,11 +81,13 @@ pub fn format_age(age: Duration) -> String {
 }
 
 /// Says so when the queue is a quorum queue: RabbitMQ puts messages handed back to a
-/// classic queue in their old places, but may change their order in a quorum queue.
+/// classic queue in their old places, but may change their order in a quorum queue; and
+/// each letter handed back counts as a delivery, which a delivery limit caps (wxpush
+/// declares its quorum queues without one where the broker allows; see `broker::topology`).
 pub fn warn_if_quorum(config: &Config) {
     if config.amqp.queue_type == QueueType::Quorum {
         eprintln!(
-            "note: `{}` is a quorum queue: dead letters read and handed back keep their count but may not keep their order",
+            "note: `{}` is a quorum queue: dead letters read and handed back keep their count but may not keep their order, and each counts as a delivery (a queue with a delivery limit drops letters returned that often; see docs/reliability.md)",
             config.amqp.dead_letter_queue
         );
     }

@@ -42,7 +42,7 @@ pub enum Command {
     Run,
     /// Publish events (JSON or NDJSON) from FILE or stdin, with publisher confirms
     Publish(publish::PublishArgs),
-    /// Move dead letters back to the events exchange
+    /// Move dead letters back to the events queue
     Replay(replay::ReplayArgs),
     /// List and inspect dead letters without consuming them
     Dead(dead::DeadArgs),

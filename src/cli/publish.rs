@@ -6,6 +6,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use lapin::BasicProperties;
+use lapin::message::BasicReturnMessage;
 
 use super::{CliError, CliResult, progress};
 use crate::broker::publish::{PendingConfirm, PublishError, Publisher};
@@ -93,11 +94,12 @@ pub async fn run(config: &Config, args: PublishArgs) -> CliResult {
         return Err(CliError::Usage("no events in the input".into()));
     }
     let connection = broker::connect(&config.amqp.url, "publish").await?;
-    let publisher = Publisher::open(&connection)
+    // Pipelined on the control channel (`start`): no pool needed.
+    let publisher = Publisher::open_with(&connection, 1, config.amqp.confirm_timeout)
         .await
         .map_err(anyhow::Error::from)?;
     Topology::new(&config.amqp, &config.retry)
-        .declare(publisher.channel())
+        .declare_on(&connection)
         .await?;
     let published = publish_all(&publisher, &config.amqp.exchange, &events, args.window).await;
     publisher.close().await;
@@ -113,6 +115,11 @@ pub async fn run(config: &Config, args: PublishArgs) -> CliResult {
 /// Publishes in input order with up to `window` confirms outstanding; stops at the first
 /// failure and says how many were confirmed before it (those are in the broker; publishing
 /// the same file again is safe, the event ids make redelivery harmless).
+///
+/// An unroutable event (no queue bound for its type) comes back from the broker. lapin may
+/// hand that return to another publish's confirm, so a returned message is named by its
+/// message id (each event's id) rather than by the confirm that carried it; once every
+/// confirm is in, the set of returned events is exact.
 pub async fn publish_all(
     publisher: &Publisher,
     exchange: &str,
@@ -121,7 +128,8 @@ pub async fn publish_all(
 ) -> anyhow::Result<usize> {
     let bar = progress::bar(events.len() as u64, "publishing");
     let mut pending = std::collections::VecDeque::new();
-    let mut confirmed = 0;
+    let mut acked: usize = 0;
+    let mut returned: Vec<BasicReturnMessage> = Vec::new();
     let failed =
         |e: &Prepared, err: PublishError| anyhow::anyhow!("{} (id {}): {err}", e.origin, e.id);
     let mut result = Ok(());
@@ -129,12 +137,20 @@ pub async fn publish_all(
         if pending.len() >= window.max(1) {
             let (done, confirm): (&Prepared, PendingConfirm) =
                 pending.pop_front().expect("non-empty");
-            if let Err(err) = confirm.confirmed().await {
-                result = Err(failed(done, err));
+            match confirm.wait().await {
+                Ok(back) => {
+                    acked += 1;
+                    bar.inc(1);
+                    returned.extend(back);
+                }
+                Err(err) => {
+                    result = Err(failed(done, err));
+                    break;
+                }
+            }
+            if !returned.is_empty() {
                 break;
             }
-            confirmed += 1;
-            bar.inc(1);
         }
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
@@ -151,18 +167,24 @@ pub async fn publish_all(
         }
     }
     for (done, confirm) in pending {
-        match confirm.confirmed().await {
-            Ok(()) if result.is_ok() => {
-                confirmed += 1;
-                bar.inc(1);
+        match confirm.wait().await {
+            Ok(back) => {
+                acked += 1;
+                if result.is_ok() {
+                    bar.inc(1);
+                }
+                returned.extend(back);
             }
-            Ok(()) => confirmed += 1,
             Err(err) => {
                 if result.is_ok() {
                     result = Err(failed(done, err));
                 }
             }
         }
+    }
+    let confirmed = acked.saturating_sub(returned.len());
+    if result.is_ok() && !returned.is_empty() {
+        result = Err(unroutable(events, exchange, &returned));
     }
     match result {
         Ok(()) => {
@@ -176,6 +198,34 @@ pub async fn publish_all(
             )))
         }
     }
+}
+
+/// The error for events that came back unroutable, each named by its message id.
+fn unroutable(
+    events: &[Prepared],
+    exchange: &str,
+    returned: &[BasicReturnMessage],
+) -> anyhow::Error {
+    let named: Vec<String> = returned
+        .iter()
+        .map(|m| {
+            let id = m
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.as_str().to_owned());
+            let origin = id
+                .as_deref()
+                .and_then(|id| events.iter().find(|e| e.id == id))
+                .map_or_else(|| "an event".to_owned(), |e| e.origin.clone());
+            format!(
+                "{origin} (id {}): no queue is bound for routing key `{}` on exchange `{exchange}`: the message was returned",
+                id.as_deref().unwrap_or("?"),
+                m.routing_key
+            )
+        })
+        .collect();
+    anyhow::anyhow!("{}", named.join("\n  "))
 }
 
 fn read_stdin() -> Result<String, CliError> {

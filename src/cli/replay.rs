@@ -1,12 +1,14 @@
-//! `wxpush replay`: moves dead letters back to the events exchange, optionally only those
+//! `wxpush replay`: moves dead letters back to the events queue, optionally only those
 //! matching filters, at most `--limit` of them, or only shows what would move (`--dry-run`).
 //!
 //! How nothing is lost or reordered:
 //! - the dead-letter queue is scanned with `basic.get` (no auto-ack) on a channel of its own,
 //!   up to its length at start (dead letters arriving meanwhile wait for the next replay);
-//! - a matching message is republished on a confirm channel (to `amqp.exchange` with its
-//!   event type as routing key, or straight to the events queue when the body has no
-//!   readable type) and acked from the dead-letter queue only once the broker confirmed it;
+//! - a matching message is republished on a confirm channel straight to the events queue
+//!   (the default exchange, routing key = `amqp.queue`), never through `amqp.exchange`:
+//!   other services' queues bound there would get copies, and a type no longer bound to our
+//!   queue would be "confirmed" into someone else's queue and leave the dead-letter queue.
+//!   It is acked from the dead-letter queue only once the broker confirmed it;
 //! - a message that does not match, or whose republish was returned as unroutable, is held
 //!   unacked until the scan ends; closing the channel then hands them all back, and RabbitMQ
 //!   puts requeued messages of a classic queue back in their original positions;
@@ -17,7 +19,13 @@
 //!
 //! The replayed message keeps its properties and headers except the dead-letter reason
 //! (`x-wxpush-error`, `-errcode`, `-errmsg`, `-attempts`, `-first-failed-at`, `-dead-at`), so
-//! it starts with fresh attempts, and `x-wxpush-replayed` counts the replays.
+//! it starts with fresh attempts, and `x-wxpush-replayed` counts the replays; a producer's
+//! `expiration` and `user-id` are not copied (see `broker::publish::republished`).
+//!
+//! A scan holds every message it read unacked until it ends. RabbitMQ closes a channel
+//! whose delivery stays unacked longer than its `consumer_timeout` (30 minutes by default):
+//! a scan that long fails, everything not yet acked goes back, nothing is lost (use
+//! `--limit` to replay in parts).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +38,7 @@ use time::OffsetDateTime;
 use super::dead::{format_age, open_queue, warn_if_quorum};
 use super::{CliError, CliResult, progress};
 use crate::broker::dead_letter::{self, Letter};
-use crate::broker::publish::{PublishError, Publisher};
+use crate::broker::publish::{self, PublishError, Publisher};
 use crate::broker::topology::Topology;
 use crate::broker::{self, headers as h};
 use crate::config::Config;
@@ -183,9 +191,9 @@ pub async fn run(config: &Config, args: ReplayArgs) -> CliResult {
     }
     if tally.unroutable > 0 {
         return Err(anyhow::anyhow!(
-            "{} dead letter(s) could not be routed (no queue bound for their type on `{}`) and were kept",
+            "{} dead letter(s) could not be routed (the events queue `{}` is gone) and were kept",
             tally.unroutable,
-            config.amqp.exchange
+            config.amqp.queue
         )
         .into());
     }
@@ -200,9 +208,10 @@ async fn replay(
     tally: &mut Tally,
 ) -> anyhow::Result<()> {
     let amqp = &config.amqp;
-    let publisher = Publisher::open(connection).await?;
+    // One publish at a time: one channel is enough.
+    let publisher = Publisher::open_with(connection, 1, amqp.confirm_timeout).await?;
     Topology::new(amqp, &config.retry)
-        .declare(publisher.channel())
+        .declare_on(connection)
         .await?;
     let queue = amqp.dead_letter_queue.as_str();
     let (channel, count) = open_queue(connection, queue).await?;
@@ -244,33 +253,25 @@ async fn replay(
             tally.skipped += 1;
             continue;
         }
-        let (exchange, routing_key) = match &letter.kind {
-            Some(kind) => (amqp.exchange.as_str(), kind.as_str()),
-            None => ("", amqp.queue.as_str()),
-        };
+        let (exchange, routing_key) = ("", amqp.queue.as_str());
         if args.dry_run {
             tally.moved += 1;
             bar.suspend(|| {
                 println!(
-                    "would move #{} {} (type {}, errcode {}, age {}) to {}",
+                    "would move #{} {} (type {}, errcode {}, age {}) to queue `{routing_key}`",
                     letter.position,
                     letter.id_label().escape_debug(),
                     letter.kind.as_deref().unwrap_or("-").escape_debug(),
                     letter.errcode.map_or_else(|| "-".into(), |c| c.to_string()),
                     letter.age(now).map_or_else(|| "-".into(), format_age),
-                    if exchange.is_empty() {
-                        format!("queue `{routing_key}`")
-                    } else {
-                        format!("exchange `{exchange}`")
-                    }
                 );
             });
             continue;
         }
-        let properties = message
-            .properties
-            .clone()
-            .with_headers(dead_letter::for_replay(&h::of(&message.properties)));
+        let properties = publish::republished(
+            &message.properties,
+            dead_letter::for_replay(&h::of(&message.properties)),
+        );
         match publisher
             .publish(exchange, routing_key, &message.data, properties)
             .await

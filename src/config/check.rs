@@ -178,6 +178,18 @@ impl Loaded {
         if amqp.prefetch == 0 {
             add(nowhere.clone(), "amqp.prefetch must be at least 1".into());
         }
+        if amqp.confirm_timeout.is_zero() {
+            add(
+                nowhere.clone(),
+                "amqp.confirm_timeout must be above zero".into(),
+            );
+        }
+        if amqp.publish_channels == 0 {
+            add(
+                nowhere.clone(),
+                "amqp.publish_channels must be at least 1".into(),
+            );
+        }
         if amqp.queue == amqp.dead_letter_queue {
             add(
                 nowhere.clone(),

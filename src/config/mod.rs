@@ -60,6 +60,15 @@ pub struct AmqpConfig {
     pub queue_type: QueueType,
     /// Event types bound to the events queue; empty binds `#` (every type).
     pub bindings: Vec<String>,
+    /// How long a publish (a retry, a parked message, a dead letter, a replay) may wait for
+    /// the broker's confirm before it counts as failed. While RabbitMQ blocks publishers
+    /// (memory or disk alarm) confirms never come: this bounds the wait.
+    #[serde(with = "humantime_serde")]
+    pub confirm_timeout: Duration,
+    /// Channels a worker publishes on. Each carries one publish at a time, so a message
+    /// the broker returns (unroutable) is always reported to the publish it belongs to;
+    /// this many publishes wait for their confirms at once.
+    pub publish_channels: usize,
 }
 
 impl Default for AmqpConfig {
@@ -72,6 +81,8 @@ impl Default for AmqpConfig {
             prefetch: 256,
             queue_type: QueueType::Classic,
             bindings: Vec::new(),
+            confirm_timeout: Duration::from_secs(10),
+            publish_channels: 32,
         }
     }
 }

@@ -2,9 +2,13 @@
 //! with `settle.rs`, and keeps going through broker and Redis outages.
 //!
 //! The unit of concurrency is the message: every delivery runs as its own task, and the
-//! broker's prefetch bounds how many are in flight. A session is one AMQP connection; when
-//! it breaks (or Redis does) the session ends, unacked messages return to the queue, and
-//! the supervisor starts a new one after a jittered backoff.
+//! broker's prefetch bounds how many are in flight. A session is two AMQP connections, one
+//! consuming (deliveries and acks) and one publishing (retries, parked messages, dead
+//! letters): RabbitMQ blocks a connection that publishes during a memory or disk alarm, and
+//! a blocked connection sends nothing, acks included. When either breaks, a publish fails
+//! (a retry tier was deleted, say) or Redis does, the session ends, unacked messages return
+//! to the queue, and the supervisor starts a new one, declaring the topology again, after a
+//! jittered backoff.
 
 pub mod acker;
 pub mod breaker;
@@ -23,7 +27,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use deadpool_redis::Pool;
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -185,6 +189,8 @@ const REDIS_CHECK_EVERY: Duration = Duration::from_secs(2);
 enum SessionEnd {
     Shutdown,
     RedisDown,
+    /// A message's next step could not be published (it went back to the queue).
+    PublishFailed,
 }
 
 fn backoff() -> impl Iterator<Item = Duration> {
@@ -233,7 +239,11 @@ async fn supervise(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Result<()>
         let started = Instant::now();
         let ended = session(&ctx, &stop).await;
         // A session that got going means the outage is over: the next one starts quickly.
-        if started.elapsed() > Duration::from_secs(5) {
+        // Not after a failed publish: while publishing keeps failing (a resource alarm, no
+        // permission), each session resends the messages it had to hand back, so sessions
+        // must come ever less often.
+        let publish_failed = matches!(ended, Ok(SessionEnd::PublishFailed));
+        if started.elapsed() > Duration::from_secs(5) && !publish_failed {
             delays = backoff();
         }
         match ended {
@@ -241,6 +251,14 @@ async fn supervise(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Result<()>
             Ok(SessionEnd::RedisDown) => {
                 ctx.health.set(&ctx.health.redis, false);
                 tracing::warn!("Redis failed mid-stream; unacked messages went back to the queue");
+            }
+            Ok(SessionEnd::PublishFailed) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                tracing::warn!(
+                    retry_in_ms = delay.as_millis() as u64,
+                    "publishing a message's next step failed (it went back to the queue); reconnecting to declare the topology again"
+                );
+                let _ = stop.run_until_cancelled(tokio::time::sleep(delay)).await;
             }
             Err(e) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(30));
@@ -266,17 +284,41 @@ async fn redis_ping(pool: &Pool) -> anyhow::Result<()> {
 
 /// A session's open AMQP resources.
 struct Session {
-    connection: lapin::Connection,
+    /// Deliveries and acks only: it never publishes, so RabbitMQ never blocks it.
+    consuming: lapin::Connection,
+    /// Retries, parked messages, dead letters (and the topology declarations).
+    publishing: lapin::Connection,
     publisher: Publisher,
     channel: lapin::Channel,
     consumer: lapin::Consumer,
     tag: String,
 }
 
-/// One AMQP connection's worth of consuming: open, consume until told to stop or something
-/// breaks, then drain the in-flight messages and close.
+/// How long each step of closing a session may take (a blocked or dead connection never
+/// answers): SIGTERM exits within `worker.shutdown_grace` plus a few of these.
+const CLOSE_STEP: Duration = Duration::from_secs(2);
+/// How long opening a session (two connections, the topology) may take.
+const OPEN_WITHIN: Duration = Duration::from_secs(60);
+
+/// Runs a teardown step for at most [`CLOSE_STEP`].
+async fn bounded<F: Future>(what: &str, step: F) {
+    if tokio::time::timeout(CLOSE_STEP, step).await.is_err() {
+        tracing::warn!(
+            step = what,
+            "closing the session: no answer from RabbitMQ in time; going on"
+        );
+    }
+}
+
+/// One session of consuming: open, consume until told to stop or something breaks, then
+/// drain the in-flight messages and close.
 async fn session(ctx: &Arc<Ctx>, stop: &CancellationToken) -> anyhow::Result<SessionEnd> {
-    let mut session = open_session(ctx).await?;
+    let opened = tokio::select! {
+        _ = stop.cancelled() => return Ok(SessionEnd::Shutdown),
+        opened = tokio::time::timeout(OPEN_WITHIN, open_session(ctx)) => opened,
+    };
+    let mut session = opened
+        .map_err(|_| anyhow::anyhow!("opening the AMQP session took over {OPEN_WITHIN:?}"))??;
     ctx.health.set(&ctx.health.amqp, true);
     ctx.health.set(&ctx.health.consuming, true);
     tracing::info!(queue = %ctx.config.amqp.queue, "consuming");
@@ -284,34 +326,46 @@ async fn session(ctx: &Arc<Ctx>, stop: &CancellationToken) -> anyhow::Result<Ses
     let (acker, acks_flushed) = Acker::spawn(session.channel.clone());
     let end = consume(ctx, stop, &mut session, &tracker, &acker).await;
     ctx.health.set(&ctx.health.consuming, false);
-    let _ = session
+    let cancel = session
         .channel
-        .basic_cancel(session.tag.as_str().into(), BasicCancelOptions::default())
-        .await;
+        .basic_cancel(session.tag.as_str().into(), BasicCancelOptions::default());
+    bounded("cancel the consumer", cancel).await;
     let grace = match &end {
         Ok(SessionEnd::Shutdown) => ctx.config.worker.shutdown_grace,
         _ => Duration::from_secs(5),
     };
     drain(&tracker, grace).await;
-    // The last acks go out before the connection closes.
+    // The last acks go out (on the consuming connection) before it closes.
     drop(acker);
-    acks_flushed.finish().await;
+    bounded("flush the last acks", acks_flushed.finish()).await;
     ctx.health.set(&ctx.health.amqp, false);
-    session.publisher.close().await;
-    // Closing the connection returns every unacked message to the queue.
-    let _ = session
-        .connection
-        .close(200, "wxpush worker session over".into())
-        .await;
+    // A blocked connection writes nothing: closing it politely cannot work.
+    if session.publishing.status().blocked() {
+        tracing::warn!(
+            "the publishing connection is blocked by RabbitMQ (memory or disk alarm); dropping it"
+        );
+    } else {
+        session.publisher.close_within(CLOSE_STEP).await;
+        let close = session
+            .publishing
+            .close(200, "wxpush worker session over".into());
+        bounded("close the publishing connection", close).await;
+    }
+    // Closing the consuming connection returns every unacked message to the queue.
+    let close = session
+        .consuming
+        .close(200, "wxpush worker session over".into());
+    bounded("close the consuming connection", close).await;
     end
 }
 
 async fn open_session(ctx: &Ctx) -> anyhow::Result<Session> {
     let amqp = &ctx.config.amqp;
-    let connection = broker::connect(&amqp.url, "worker").await?;
-    let publisher = Publisher::open(&connection).await?;
-    ctx.topology.declare(publisher.channel()).await?;
-    let channel = connection.create_channel().await?;
+    let publishing = broker::connect(&amqp.url, "worker publishing").await?;
+    let publisher = Publisher::for_config(&publishing, amqp).await?;
+    ctx.topology.declare_on(&publishing).await?;
+    let consuming = broker::connect(&amqp.url, "worker consuming").await?;
+    let channel = consuming.create_channel().await?;
     channel
         .basic_qos(amqp.prefetch, BasicQosOptions::default())
         .await?;
@@ -325,7 +379,8 @@ async fn open_session(ctx: &Ctx) -> anyhow::Result<Session> {
         )
         .await?;
     Ok(Session {
-        connection,
+        consuming,
+        publishing,
         publisher,
         channel,
         consumer,
@@ -342,12 +397,14 @@ async fn consume(
     acker: &Acker,
 ) -> anyhow::Result<SessionEnd> {
     let redis_down = CancellationToken::new();
+    let publish_failed = CancellationToken::new();
     // An idle worker must notice a Redis outage too (for /readyz, and to stop consuming).
     let mut redis_check = tokio::time::interval(REDIS_CHECK_EVERY);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(SessionEnd::Shutdown),
             _ = redis_down.cancelled() => return Ok(SessionEnd::RedisDown),
+            _ = publish_failed.cancelled() => return Ok(SessionEnd::PublishFailed),
             _ = redis_check.tick() => {
                 if let Err(e) = redis_ping(&ctx.pooled).await {
                     tracing::warn!(error = %e, "Redis unreachable; pausing consumption");
@@ -357,8 +414,12 @@ async fn consume(
             }
             next = session.consumer.next() => match next {
                 Some(Ok(delivery)) => {
+                    let session_ends = SessionEnds {
+                        redis_down: redis_down.clone(),
+                        publish_failed: publish_failed.clone(),
+                    };
                     let publisher = session.publisher.clone();
-                    tracker.spawn(process(ctx.clone(), publisher, acker.clone(), delivery, redis_down.clone()));
+                    tracker.spawn(process(ctx.clone(), publisher, acker.clone(), delivery, session_ends));
                 }
                 Some(Err(e)) => return Err(anyhow::anyhow!("consumer failed: {e}")),
                 None => return Err(anyhow::anyhow!("the broker cancelled the consumer")),
@@ -378,14 +439,25 @@ async fn drain(tracker: &TaskTracker, grace: Duration) {
     }
 }
 
+/// What a message task can tell its session: end now.
+struct SessionEnds {
+    redis_down: CancellationToken,
+    publish_failed: CancellationToken,
+}
+
 async fn process(
     ctx: Arc<Ctx>,
     publisher: Publisher,
     acker: Acker,
     delivery: Delivery,
-    redis_down: CancellationToken,
+    session_ends: SessionEnds,
 ) {
     metrics::gauge!(m::IN_FLIGHT).increment(1.0);
+    let mut unsettled = Unsettled {
+        delivery: &delivery,
+        acker: &acker,
+        settled: false,
+    };
     let span = tracing::info_span!(
         "message",
         event_id = tracing::field::Empty,
@@ -393,6 +465,7 @@ async fn process(
         app = tracing::field::Empty
     );
     async {
+        crate::failpoint::hit("worker.process").await;
         let headers = crate::broker::headers::of(&delivery.properties);
         let slot = ctx.keeper.slot();
         let incoming = handle::Incoming {
@@ -403,12 +476,58 @@ async fn process(
         };
         let disposition = handle::handle(&ctx, incoming).await;
         if matches!(disposition, disposition::Disposition::RedisUnavailable(_)) {
-            redis_down.cancel();
+            session_ends.redis_down.cancel();
         }
         let outcome = settle::settle(&ctx, &publisher, &acker, &delivery, &disposition).await;
+        unsettled.settled = true;
+        if outcome == settle::REPUBLISH_FAILED {
+            session_ends.publish_failed.cancel();
+        }
         tracing::debug!(outcome, "settled");
     }
     .instrument(span)
     .await;
-    metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
+}
+
+/// Settles a message whose task ended without settling it: it panicked (or was dropped).
+/// The message goes back to the queue (nack, requeue) and the acker learns that its tag is
+/// settled: the batched acker acks only contiguous runs of settled tags, so one tag left
+/// open would hold up the acks of every later message for the rest of the session.
+struct Unsettled<'a> {
+    delivery: &'a Delivery,
+    acker: &'a Acker,
+    settled: bool,
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
+        if self.settled {
+            return;
+        }
+        let event_id = crate::event::peek(&self.delivery.data).id;
+        tracing::error!(
+            event_id = event_id.as_deref().unwrap_or("(none)"),
+            delivery_tag = self.delivery.delivery_tag,
+            panicked = std::thread::panicking(),
+            "a message task ended without settling its message (a bug); handing the message back to the queue"
+        );
+        let (Ok(runtime), delivery_acker, acker, tag) = (
+            tokio::runtime::Handle::try_current(),
+            self.delivery.acker.clone(),
+            self.acker.clone(),
+            self.delivery.delivery_tag,
+        ) else {
+            return;
+        };
+        runtime.spawn(async move {
+            let requeue = BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            };
+            // Sent before the acker hears of it: a later multiple-ack cannot cover this tag.
+            let _ = delivery_acker.nack(requeue).await;
+            acker.settled_elsewhere(tag);
+        });
+    }
 }

@@ -1,7 +1,9 @@
 //! Carrying out a [`Disposition`]: ack, or first publish the retry / dead letter and ack only
 //! once the broker confirmed it (plain acks go out in batches, see `acker.rs`; acks after a
 //! republish at once). If that publish fails, the message is handed back
-//! (nack + requeue), never lost.
+//! (nack + requeue), never lost, and [`REPUBLISH_FAILED`] tells the session to end: it
+//! reconnects with backoff and declares the topology again (a deleted retry tier comes
+//! back), instead of sending the message to WeChat again on every turn.
 
 use lapin::BasicProperties;
 use lapin::message::Delivery;
@@ -15,7 +17,7 @@ use super::disposition::{DeadRecord, Disposition};
 use crate::admin::metrics as m;
 use crate::broker::dead_letter;
 use crate::broker::headers as h;
-use crate::broker::publish::Publisher;
+use crate::broker::publish::{self, Publisher};
 use crate::store::StoreError;
 use crate::store::claims::{self, PendingDeadLetter, PendingMark};
 use crate::telemetry::ErrorChain;
@@ -29,7 +31,12 @@ struct NextStep {
     headers: FieldTable,
 }
 
-/// Settles the delivery; returns a label for logs.
+/// What [`settle`] returns when the message's next step could not be published (the
+/// message was handed back): the session must end.
+pub const REPUBLISH_FAILED: &str = "republish_failed";
+
+/// Settles the delivery; returns a label for logs ([`REPUBLISH_FAILED`] when publishing
+/// failed).
 pub async fn settle(
     ctx: &Ctx,
     publisher: &Publisher,
@@ -73,7 +80,7 @@ pub async fn settle(
             return "requeued";
         }
     };
-    let properties: BasicProperties = delivery.properties.clone().with_headers(step.headers);
+    let properties: BasicProperties = publish::republished(&delivery.properties, step.headers);
     let published = publisher
         .publish("", &step.queue, &delivery.data, properties)
         .await;
@@ -91,7 +98,7 @@ pub async fn settle(
         Err(e) => {
             tracing::warn!(error = %e, outcome = step.label, "could not publish the message's next step; handing it back");
             nack(acker, delivery).await;
-            "requeued"
+            REPUBLISH_FAILED
         }
     }
 }
@@ -136,8 +143,11 @@ fn next_step<'a>(
             (tier.queue.clone(), dead_letter::for_later(original()))
         }
         Disposition::Park { app } => {
-            let tier = ctx.topology.tier_at_least(PROBE_EVERY);
-            (tier.queue.clone(), dead_letter::for_park(original(), app))
+            let headers = dead_letter::for_park(original(), app);
+            let tier = ctx
+                .topology
+                .tier_for_park(PROBE_EVERY, dead_letter::parks(&headers));
+            (tier.queue.clone(), headers)
         }
         Disposition::DeadLetter {
             attempts, failure, ..
