@@ -152,5 +152,5 @@ echo "no mock-wechat, no demo, wxpush-mock-wechat not linked"
 
 # Last, so the tests rebuild target/debug/wxpush with the default features (developer tools
 # included) and leave it that way.
-step "cargo test --workspace"
-cargo test --workspace --locked
+step "cargo test --workspace --features wxpush/failpoints"
+cargo test --workspace --locked --features wxpush/failpoints
