@@ -22,6 +22,9 @@ pub const IN_FLIGHT: &str = "wxpush_in_flight";
 pub const CONSUMER_UP: &str = "wxpush_consumer_up";
 pub const READY: &str = "wxpush_ready";
 pub const APP_CREDENTIAL_FAILED: &str = "wxpush_app_credential_failed";
+pub const APP_PARKED: &str = "wxpush_app_parked";
+pub const THROTTLED: &str = "wxpush_throttled_total";
+pub const PARKED: &str = "wxpush_parked_total";
 pub const REDIS_UNSAFE: &str = "wxpush_redis_unsafe";
 pub const REDIS_DATA_LOST: &str = "wxpush_redis_data_lost_total";
 
@@ -89,6 +92,18 @@ pub fn describe() {
     describe_gauge!(
         APP_CREDENTIAL_FAILED,
         "1 while an app is stopped by a credential errcode."
+    );
+    describe_gauge!(
+        APP_PARKED,
+        "1 while an app's sends are parked, by reason: credential, quota (45009 on send), token_quota (45009 on a token fetch), minute (45011)."
+    );
+    describe_counter!(
+        PARKED,
+        "Messages parked in a retry tier without spending an attempt, by reason: credential, quota, token_quota, minute, rate."
+    );
+    describe_counter!(
+        THROTTLED,
+        "Sends that waited for the app's max_rate limiter."
     );
 }
 

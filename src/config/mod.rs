@@ -6,6 +6,7 @@
 
 mod check;
 mod load;
+mod rate;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use toml::Spanned;
 
 pub use check::Problem;
 pub use load::{ConfigError, Loaded, config_path, load, load_str};
+pub use rate::Rate;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,6 +131,10 @@ pub struct WechatConfig {
     pub lock_ttl: Duration,
     /// HTTP connections kept open to WeChat per worker.
     pub max_idle_connections: usize,
+    /// While an app's daily quota is used up (45009): one probe send this often (and one at
+    /// 00:00 China time, when WeChat resets the quota).
+    #[serde(with = "humantime_serde")]
+    pub quota_probe_every: Duration,
 }
 
 impl Default for WechatConfig {
@@ -140,6 +146,7 @@ impl Default for WechatConfig {
             refresh_ahead: Duration::from_secs(180),
             lock_ttl: Duration::from_secs(15),
             max_idle_connections: 512,
+            quota_probe_every: Duration::from_secs(300),
         }
     }
 }
@@ -153,6 +160,9 @@ pub struct AppConfig {
     /// Only so that an inline secret gets a clear refusal instead of "unknown field".
     #[serde(default)]
     pub secret: Option<toml::Value>,
+    /// The most sends per unit of time of all workers together (e.g. `"200/s"`).
+    #[serde(default)]
+    pub max_rate: Option<Rate>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

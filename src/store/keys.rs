@@ -26,6 +26,17 @@ impl Keys {
         format!("{}:token-lock:{{{appid}}}", self.prefix)
     }
 
+    /// Hash saying the app's sends are held fleet-wide (see `store::app_hold`); tagged like
+    /// the app's rate key.
+    pub fn app_hold(&self, app: &str) -> String {
+        format!("{}:hold:{{app:{app}}}", self.prefix)
+    }
+
+    /// The app's `max_rate` limiter state (see `store::rate_limit`).
+    pub fn app_rate(&self, app: &str) -> String {
+        format!("{}:rate:{{app:{app}}}", self.prefix)
+    }
+
     /// When Redis last lost its data (0: never seen lost); no TTL (see `store::claims`).
     pub fn epoch(&self) -> String {
         format!("{}:epoch", self.prefix)

@@ -3,6 +3,8 @@
 //! - [`claims`]: each event's delivery state (claimed, sent, failed, ambiguous, dead), so a
 //!   redelivery never sends twice;
 //! - [`token_record`]: the app's shared access_token and its refresh [`lease`];
+//! - [`app_hold`]: an app whose sends are held fleet-wide (daily quota, minute rate);
+//! - [`rate_limit`]: the fleet-wide `max_rate` limiter of each app;
 //! - [`keys`]: the name of every key, with the hash tags that keep a script's keys in one
 //!   Redis Cluster slot.
 //!
@@ -14,10 +16,12 @@
 //! What these stores decide (when an event counts as sent, when a token is stale) lives
 //! with their callers (`worker`, `token`); this module only knows how it is written down.
 
+pub mod app_hold;
 pub mod claims;
 pub mod durability;
 pub mod keys;
 pub mod lease;
+pub mod rate_limit;
 pub mod token_record;
 
 use std::sync::Arc;

@@ -31,7 +31,7 @@ use crate::store::token_record::{self, NewToken};
 pub use crate::store::token_record::{TokenInfo, TokenSource};
 use crate::store::{Keys, StoreError};
 use crate::wechat::client::{AccessToken, CallError, WechatClient};
-use crate::wechat::errcode::{ErrorClass, classify_call};
+use crate::wechat::errcode::{Action, ErrorClass, action_of, classify_call};
 
 /// Why no token could be had.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -46,6 +46,14 @@ pub enum TokenError {
     Credential {
         app: String,
         appid: String,
+        errcode: i64,
+        errmsg: String,
+    },
+    #[error(
+        "app `{app}` used up its daily access_token quota: WeChat errcode {errcode} ({errmsg}); its sends wait until a fetch succeeds again"
+    )]
+    Quota {
+        app: String,
         errcode: i64,
         errmsg: String,
     },
@@ -515,6 +523,15 @@ impl TokenStore {
                         TokenError::Credential {
                             app: slot.name.clone(),
                             appid: slot.appid.clone(),
+                            errcode: *errcode,
+                            errmsg: errmsg.clone(),
+                        }
+                    }
+                    (_, CallError::WeChat { errcode, errmsg })
+                        if action_of(&error) == Action::WaitForQuota =>
+                    {
+                        TokenError::Quota {
+                            app: slot.name.clone(),
                             errcode: *errcode,
                             errmsg: errmsg.clone(),
                         }

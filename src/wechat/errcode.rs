@@ -22,6 +22,9 @@ pub enum ErrorClass {
     Refused,
     /// The app itself is misconfigured: stop consuming its events, never dead-letter them.
     Credential,
+    /// The app's own limits (daily quota, minute rate): hold the app's sends, never spend a
+    /// message's attempts, never dead-letter.
+    Limits,
     /// An errcode this table does not know: retried like a transient error, then dead-lettered.
     Unknown,
 }
@@ -35,6 +38,7 @@ impl ErrorClass {
             ErrorClass::Permanent => "permanent",
             ErrorClass::Refused => "refused",
             ErrorClass::Credential => "credential",
+            ErrorClass::Limits => "limits",
             ErrorClass::Unknown => "unknown",
         }
     }
@@ -48,6 +52,8 @@ impl ErrorClass {
             ErrorClass::Permanent => Action::DeadLetter,
             ErrorClass::Refused => Action::ApplyRefusedPolicy,
             ErrorClass::Credential => Action::ParkApp,
+            // Which limit it is is the errcode's: see `action_of`.
+            ErrorClass::Limits => Action::WaitForQuota,
         }
     }
 }
@@ -66,6 +72,18 @@ pub enum Action {
     ApplyRefusedPolicy,
     /// The app is misconfigured: park its events (no attempt spent, never a dead letter).
     ParkApp,
+    /// The app's daily quota is used up (45009): hold its sends fleet-wide until it is back.
+    WaitForQuota,
+    /// The app's minute rate is reached (45011): hold its sends until the next minute.
+    WaitForNextMinute,
+}
+
+/// What a failed call means for the message: the one function the worker asks.
+pub fn action_of(error: &CallError) -> Action {
+    match error {
+        CallError::WeChat { errcode: 45011, .. } => Action::WaitForNextMinute,
+        other => classify_call(other).action(),
+    }
 }
 
 impl fmt::Display for ErrorClass {
@@ -85,12 +103,8 @@ const TABLE: &[(i64, ErrorClass, &str)] = &[
     ),
     (40014, ErrorClass::Token, "access_token malformed"),
     (42001, ErrorClass::Token, "access_token expired"),
-    (45009, ErrorClass::Transient, "API daily quota reached"),
-    (
-        45011,
-        ErrorClass::Transient,
-        "API minute rate limit reached",
-    ),
+    (45009, ErrorClass::Limits, "API daily quota reached"),
+    (45011, ErrorClass::Limits, "API minute rate limit reached"),
     (40003, ErrorClass::Permanent, "invalid openid"),
     (40037, ErrorClass::Permanent, "invalid template_id"),
     (47003, ErrorClass::Permanent, "template data invalid"),
@@ -167,9 +181,16 @@ mod tests {
         for code in [40001, 40014, 42001] {
             assert_eq!(classify(code), ErrorClass::Token, "{code}");
         }
-        for code in [-1, 45009, 45011] {
-            assert_eq!(classify(code), ErrorClass::Transient, "{code}");
+        assert_eq!(classify(-1), ErrorClass::Transient);
+        for code in [45009, 45011] {
+            assert_eq!(classify(code), ErrorClass::Limits, "{code}");
         }
+        let wechat = |errcode| CallError::WeChat {
+            errcode,
+            errmsg: String::new(),
+        };
+        assert_eq!(action_of(&wechat(45009)), Action::WaitForQuota);
+        assert_eq!(action_of(&wechat(45011)), Action::WaitForNextMinute);
         for code in [40003, 40037, 47003, 41030] {
             assert_eq!(classify(code), ErrorClass::Permanent, "{code}");
         }

@@ -65,6 +65,7 @@ impl Breaker {
             "app credentials refused by WeChat: its events are parked, not sent, until this is fixed (check appid, secret and the IP whitelist)"
         );
         metrics::gauge!(m::APP_CREDENTIAL_FAILED, "app" => app.to_owned()).set(1.0);
+        metrics::gauge!(m::APP_PARKED, "app" => app.to_owned(), "reason" => "credential").set(1.0);
         apps.insert(
             app.to_owned(),
             Tripped {
@@ -87,6 +88,8 @@ impl Breaker {
                 "app credentials accepted again; delivering its events"
             );
             metrics::gauge!(m::APP_CREDENTIAL_FAILED, "app" => app.to_owned()).set(0.0);
+            metrics::gauge!(m::APP_PARKED, "app" => app.to_owned(), "reason" => "credential")
+                .set(0.0);
         }
     }
 

@@ -12,11 +12,15 @@
 use crate::admin::metrics as m;
 use crate::broker::dead_letter::{Failure, FailureClass};
 use crate::config::{OnAmbiguous, OnRefused};
+use std::time::Duration;
+
 use crate::store::StoreError;
+use crate::store::app_hold::HoldReason;
 use crate::store::claims::ClaimId;
 use crate::wechat::errcode::Action;
 
 use super::Ctx;
+use super::breaker::PROBE_EVERY;
 
 /// The fate of a message.
 #[derive(Debug)]
@@ -31,8 +35,13 @@ pub enum Disposition {
     Retry { attempts: u32, failure: Failure },
     /// Another worker is sending this event right now: look again shortly, no attempt spent.
     Later,
-    /// The app's credentials are refused: hold the message, no attempt spent.
-    Park { app: String },
+    /// The app cannot send now (its credentials are refused, its quota or rate is used up):
+    /// hold the message for about `wait` in a retry tier, no attempt spent.
+    Park {
+        app: String,
+        reason: ParkReason,
+        wait: Duration,
+    },
     /// Never deliverable (or out of attempts): to the dead-letter queue.
     DeadLetter {
         attempts: u32,
@@ -43,6 +52,37 @@ pub enum Disposition {
     /// message goes back to the queue unacked and the session stops consuming until Redis
     /// is back.
     RedisUnavailable(StoreError),
+}
+
+/// Why a message is parked, which decides how long it stays away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkReason {
+    /// The app's credentials are refused (the breaker, `breaker.rs`).
+    Credential,
+    /// The app's sends are held fleet-wide (`app_hold.rs`).
+    Held(HoldReason),
+    /// The app's `max_rate` has no slot soon enough (`pacing.rs`).
+    Rate,
+}
+
+impl ParkReason {
+    /// Whether a message parked again and again should stay away longer each time: yes
+    /// while the app waits for something that may take hours (an operator, the quota's
+    /// day), no when the wait is known and short (the next minute, the next rate slot).
+    pub fn grows(self) -> bool {
+        matches!(
+            self,
+            ParkReason::Credential | ParkReason::Held(HoldReason::Quota | HoldReason::TokenQuota)
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParkReason::Credential => "credential",
+            ParkReason::Held(reason) => reason.as_str(),
+            ParkReason::Rate => "rate",
+        }
+    }
 }
 
 /// What the event's Redis record says around its dead letter (see `store::claims`).
@@ -110,34 +150,57 @@ pub fn retry_or_dead(ctx: &Ctx, attempts: u32, failure: Failure) -> Disposition 
 
 /// The fate of a message whose call failed definitely, `attempts` failures counted
 /// (this one included): the errcode table's [`Action`] under the configured policies.
-pub fn after_failure(
+/// A limit (45009, 45011) holds the app's sends fleet-wide and parks the message without
+/// counting the attempt; `token_fetch` says the limit was the token endpoint's.
+pub async fn after_failure(
     ctx: &Ctx,
     app: &str,
     attempts: u32,
     action: Action,
     failure: Failure,
+    token_fetch: bool,
 ) -> Disposition {
-    match action {
+    let reason = match action {
+        Action::WaitForQuota if token_fetch => HoldReason::TokenQuota,
+        Action::WaitForQuota => HoldReason::Quota,
+        Action::WaitForNextMinute => HoldReason::Minute,
         Action::ParkApp => {
             ctx.breaker.trip(app, failure.errcode, &failure.errmsg);
-            Disposition::Park {
+            return Disposition::Park {
                 app: app.to_owned(),
-            }
+                reason: ParkReason::Credential,
+                wait: PROBE_EVERY,
+            };
         }
-        Action::DeadLetter => Disposition::dead_letter(attempts, failure),
-        Action::ApplyRefusedPolicy => match ctx.config.policy.on_refused {
-            OnRefused::Drop => {
-                metrics::counter!(m::REFUSED_DROPPED).increment(1);
-                tracing::info!(
-                    "user has no subscription left (43101); dropped (policy.on_refused = \"drop\")"
-                );
-                Disposition::Dropped
-            }
-            OnRefused::DeadLetter => Disposition::dead_letter(attempts, failure),
-        },
+        Action::DeadLetter => return Disposition::dead_letter(attempts, failure),
+        Action::ApplyRefusedPolicy => return refused(ctx, attempts, failure),
         // A stale token that is still stale after the refreshes a message may make is a
         // failure like any transient one.
-        Action::RefreshTokenAndRetry | Action::RetryLater => retry_or_dead(ctx, attempts, failure),
+        Action::RefreshTokenAndRetry | Action::RetryLater => {
+            return retry_or_dead(ctx, attempts, failure);
+        }
+    };
+    match ctx.holds.hold(&ctx.hot_path, app, reason).await {
+        Ok(wait) => Disposition::Park {
+            app: app.to_owned(),
+            reason: ParkReason::Held(reason),
+            wait,
+        },
+        Err(e) => Disposition::RedisUnavailable(e),
+    }
+}
+
+/// 43101: `policy.on_refused`.
+fn refused(ctx: &Ctx, attempts: u32, failure: Failure) -> Disposition {
+    match ctx.config.policy.on_refused {
+        OnRefused::Drop => {
+            metrics::counter!(m::REFUSED_DROPPED).increment(1);
+            tracing::info!(
+                "user has no subscription left (43101); dropped (policy.on_refused = \"drop\")"
+            );
+            Disposition::Dropped
+        }
+        OnRefused::DeadLetter => Disposition::dead_letter(attempts, failure),
     }
 }
 

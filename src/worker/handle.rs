@@ -1,7 +1,7 @@
 //! What to do with one message: a short sequence of phases, each of which either hands the
 //! next one what it needs or ends the message with its [`Disposition`].
 //!
-//! prepare (parse, template, app, render) → gate (the app is not parked) → token → claim
+//! prepare (parse, template, app, render) → gate (the app is not parked or held) → token → claim
 //! (the event is ours to send) → recipient (js_code resolved) → send (`send.rs`).
 //!
 //! Nothing here touches the broker: `settle.rs` carries the disposition out.
@@ -16,10 +16,12 @@ use lapin::types::FieldTable;
 use tracing::Span;
 
 use super::Ctx;
-use super::breaker::Gate;
+use super::app_hold::HoldGate;
+use super::breaker::{Gate, PROBE_EVERY};
 use super::claim_keeper::ClaimSlot;
 use super::disposition::{
-    DeadRecord, Disposition, Unconfirmed, after_failure, invalid, on_ambiguous, retry_or_dead,
+    DeadRecord, Disposition, ParkReason, Unconfirmed, after_failure, invalid, on_ambiguous,
+    retry_or_dead,
 };
 use super::send::{self, Attempt};
 use crate::admin::metrics as m;
@@ -29,7 +31,7 @@ use crate::store::claims::{self, CLAIM_LEASE, Claim, ClaimId, ClaimRequest, Pend
 use crate::template::Template;
 use crate::token::TokenError;
 use crate::wechat::client::SubscribeMessage;
-use crate::wechat::errcode::ErrorClass;
+use crate::wechat::errcode::{Action, ErrorClass};
 
 /// What the delivery says about the message's past.
 #[derive(Debug, Clone, Copy)]
@@ -112,16 +114,11 @@ async fn decide(
     };
     let prepared = prepare(ctx, incoming.body)?;
     let app = prepared.app.as_str();
-    if ctx.breaker.gate(app) == Gate::Tripped {
-        return Err(Disposition::Park {
-            app: app.to_owned(),
-        });
-    }
-    let token = ctx
-        .tokens
-        .get(app)
-        .await
-        .map_err(|e| token_failure(ctx, app, history.attempts, e))?;
+    gate(ctx, app).await?;
+    let token = match ctx.tokens.get(app).await {
+        Ok(token) => token,
+        Err(e) => return Err(token_failure(ctx, app, history.attempts, e).await),
+    };
     let claimed = claim(ctx, &prepared, history, incoming.slot, claimed_by_us).await?;
     let openid = recipient(ctx, &prepared, &claimed, history.attempts).await?;
     let mut message = prepared.message;
@@ -183,9 +180,43 @@ fn prepare<'a>(ctx: &'a Ctx, body: &[u8]) -> Result<Prepared<'a>, Disposition> {
     })
 }
 
-/// A token could not be had: a broken app parks, Redis trouble pauses, the rest retries.
-pub(super) fn token_failure(ctx: &Ctx, app: &str, attempts: u32, error: TokenError) -> Disposition {
+/// Whether the app may send now: not while its credentials are refused (this worker's
+/// breaker) or its sends are held fleet-wide for its quota or rate.
+async fn gate(ctx: &Ctx, app: &str) -> Result<(), Disposition> {
+    let park = |reason, wait| Disposition::Park {
+        app: app.to_owned(),
+        reason,
+        wait,
+    };
+    if ctx.breaker.gate(app) == Gate::Tripped {
+        return Err(park(ParkReason::Credential, PROBE_EVERY));
+    }
+    match ctx.holds.gate(&ctx.hot_path, app).await? {
+        HoldGate::Open | HoldGate::Probe => Ok(()),
+        HoldGate::Held { reason, wait } => Err(park(ParkReason::Held(reason), wait)),
+    }
+}
+
+/// A token could not be had: a broken app parks, a used-up token quota holds the app,
+/// Redis trouble pauses, the rest retries.
+pub(super) async fn token_failure(
+    ctx: &Ctx,
+    app: &str,
+    attempts: u32,
+    error: TokenError,
+) -> Disposition {
     match error {
+        TokenError::Quota {
+            errcode, errmsg, ..
+        } => {
+            let failure = Failure {
+                class: FailureClass::Call(ErrorClass::Limits),
+                errcode: Some(errcode),
+                errmsg,
+                app: Some(app.to_owned()),
+            };
+            after_failure(ctx, app, attempts, Action::WaitForQuota, failure, true).await
+        }
         TokenError::Credential {
             errcode, errmsg, ..
         } => {
@@ -195,7 +226,15 @@ pub(super) fn token_failure(ctx: &Ctx, app: &str, attempts: u32, error: TokenErr
                 errmsg,
                 app: Some(app.to_owned()),
             };
-            after_failure(ctx, app, attempts, ErrorClass::Credential.action(), failure)
+            after_failure(
+                ctx,
+                app,
+                attempts,
+                ErrorClass::Credential.action(),
+                failure,
+                true,
+            )
+            .await
         }
         TokenError::Redis(error) => Disposition::RedisUnavailable(error),
         other => retry_or_dead(
@@ -326,13 +365,7 @@ async fn resolve_js_code(
         Ok(openid) => openid,
         Err(error) => {
             send::mark_failed(ctx, key, &claimed.claim_id, &error).await;
-            return Err(send::call_failure(
-                ctx,
-                app,
-                attempts,
-                &error,
-                "jscode2session",
-            ));
+            return Err(send::call_failure(ctx, app, attempts, &error, "jscode2session").await);
         }
     };
     let mut conn = ctx.hot_path.get().await?;

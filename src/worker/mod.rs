@@ -11,10 +11,12 @@
 //! jittered backoff.
 
 pub mod acker;
+pub mod app_hold;
 pub mod breaker;
 pub mod claim_keeper;
 pub mod disposition;
 pub mod handle;
+pub mod pacing;
 pub mod redis_guard;
 pub mod send;
 pub mod settle;
@@ -44,6 +46,7 @@ use crate::template::Templates;
 use crate::token::TokenStore;
 use crate::wechat::client::WechatClient;
 use acker::Acker;
+use app_hold::AppHolds;
 use breaker::Breaker;
 use claim_keeper::ClaimKeeper;
 
@@ -61,6 +64,8 @@ pub struct Ctx {
     pub keys: Keys,
     pub topology: Topology,
     pub breaker: Breaker,
+    /// Apps whose sends are held fleet-wide (quota, minute rate), as this worker knows them.
+    pub holds: AppHolds,
     pub health: Arc<Health>,
     /// This worker's identity (its consumer tag).
     pub owner: String,
@@ -87,6 +92,10 @@ impl Ctx {
             keeper: ClaimKeeper::default(),
             loss_window: handle::loss_window(&config),
             breaker: Breaker::default(),
+            holds: AppHolds::new(
+                Keys::new(&config.redis.key_prefix),
+                config.wechat.quota_probe_every,
+            ),
             health: Health::new(),
             owner: uuid::Uuid::new_v4().simple().to_string(),
             config,
@@ -215,6 +224,18 @@ async fn supervise(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Result<()>
             }
         }
     });
+    let holds = tokio::spawn({
+        let ctx = ctx.clone();
+        let stop = stop.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            while stop.run_until_cancelled(tick.tick()).await.is_some() {
+                ctx.holds
+                    .refresh(&ctx.hot_path, ctx.config.apps.keys())
+                    .await;
+            }
+        }
+    });
     let keeper = tokio::spawn(ctx.keeper.clone().run(ctx.hot_path.clone(), stop.clone()));
     let mut delays = backoff();
     let result = loop {
@@ -268,6 +289,7 @@ async fn supervise(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Result<()>
         }
     };
     periodic.abort();
+    holds.abort();
     keeper.abort();
     ctx.health.set(&ctx.health.consuming, false);
     tracing::info!("wxpush worker stopped");

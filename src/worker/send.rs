@@ -10,6 +10,7 @@ use std::time::Instant;
 use super::Ctx;
 use super::disposition::{Disposition, Unconfirmed, after_failure, on_ambiguous, retry_or_dead};
 use super::handle::token_failure;
+use super::pacing;
 use crate::admin::metrics as m;
 use crate::broker::dead_letter::{Failure, FailureClass};
 use crate::store::claims::{self, CLAIM_LEASE, ClaimId};
@@ -43,7 +44,7 @@ pub async fn send(
 ) -> Disposition {
     let mut token_retries = 0;
     loop {
-        if let Err(fate) = still_ours(ctx, this).await {
+        if let Err(fate) = pace_and_check(ctx, this).await {
             return fate;
         }
         let started = Instant::now();
@@ -60,7 +61,7 @@ pub async fn send(
             outcome_label(&error),
             error.errcode(),
         );
-        let action = classify_call(&error).action();
+        let action = errcode::action_of(&error);
         if action == Action::RefreshTokenAndRetry && token_retries < ctx.config.retry.token_retries
         {
             token_retries += 1;
@@ -68,7 +69,7 @@ pub async fn send(
                 Ok(token) => token,
                 Err(e) => {
                     mark_failed_as(ctx, this.key, this.claim_id, "token").await;
-                    return token_failure(ctx, this.app, this.attempts, e);
+                    return token_failure(ctx, this.app, this.attempts, e).await;
                 }
             };
             continue;
@@ -77,13 +78,24 @@ pub async fn send(
             return unanswered(ctx, this, &error).await;
         }
         mark_failed(ctx, this.key, this.claim_id, &error).await;
-        return call_failure(ctx, this.app, this.attempts, &error, "send");
+        return call_failure(ctx, this.app, this.attempts, &error, "send").await;
     }
+}
+
+/// Before each send: the app's `max_rate` slot, then the claim (checked after any wait).
+async fn pace_and_check(ctx: &Ctx, this: &Attempt<'_>) -> Result<(), Disposition> {
+    if let Err(fate) = pacing::pace(ctx, this.app).await {
+        // Parked before the send: the next attempt claims afresh.
+        mark_failed_as(ctx, this.key, this.claim_id, "throttled").await;
+        return Err(fate);
+    }
+    still_ours(ctx, this).await
 }
 
 async fn sent(ctx: &Ctx, this: &Attempt<'_>, msgid: u64) -> Disposition {
     record_send(this.app, this.template_id, "ok", None);
     ctx.breaker.reset(this.app);
+    ctx.holds.succeeded(&ctx.hot_path, this.app).await;
     let ttl = ctx.config.policy.idempotency_ttl;
     let marked = ctx
         .hot_path
@@ -119,7 +131,7 @@ async fn unanswered(ctx: &Ctx, this: &Attempt<'_>, error: &CallError) -> Disposi
 }
 
 /// The disposition for a definitely failed call (`what`: the API called).
-pub(super) fn call_failure(
+pub(super) async fn call_failure(
     ctx: &Ctx,
     app: &str,
     attempts: u32,
@@ -137,7 +149,15 @@ pub(super) fn call_failure(
         errmsg,
         app: Some(app.to_owned()),
     };
-    after_failure(ctx, app, attempts + 1, class.action(), failure)
+    after_failure(
+        ctx,
+        app,
+        attempts + 1,
+        errcode::action_of(error),
+        failure,
+        false,
+    )
+    .await
 }
 
 /// Makes sure the claim is still this delivery's before a send: no send without a live

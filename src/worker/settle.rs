@@ -21,7 +21,6 @@ use crate::broker::publish::{self, Publisher};
 use crate::store::StoreError;
 use crate::store::claims::{self, PendingDeadLetter, PendingMark};
 use crate::telemetry::ErrorChain;
-use crate::worker::breaker::PROBE_EVERY;
 
 /// Where a message goes next when its disposition is not a plain ack: a queue and the
 /// headers it carries there.
@@ -142,11 +141,15 @@ fn next_step<'a>(
             let tier = ctx.topology.tier_for_attempt(1, false);
             (tier.queue.clone(), dead_letter::for_later(original()))
         }
-        Disposition::Park { app } => {
+        Disposition::Park { app, reason, wait } => {
             let headers = dead_letter::for_park(original(), app);
-            let tier = ctx
-                .topology
-                .tier_for_park(PROBE_EVERY, dead_letter::parks(&headers));
+            let tier = if reason.grows() {
+                ctx.topology
+                    .tier_for_park(*wait, dead_letter::parks(&headers))
+            } else {
+                ctx.topology.tier_at_least(*wait)
+            };
+            metrics::counter!(m::PARKED, "reason" => reason.as_str()).increment(1);
             (tier.queue.clone(), headers)
         }
         Disposition::DeadLetter {
