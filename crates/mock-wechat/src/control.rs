@@ -28,6 +28,9 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/mock/fault-rate", post(fault_rate))
         .route("/mock/latency", post(latency))
         .route("/mock/expire-tokens", post(expire_tokens))
+        .route("/mock/send-quota", post(send_quota))
+        .route("/mock/send-rate", post(send_rate))
+        .route("/mock/new-quota-day", post(new_quota_day))
         .route("/mock/stats", get(stats))
         .route("/mock/sends", get(sends))
         .route("/mock/reset", post(reset))
@@ -189,6 +192,47 @@ async fn latency(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
 
 async fn expire_tokens(State(s): State<Arc<Shared>>) -> Answer {
     s.expire_all_tokens();
+    ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendQuotaBody {
+    appid: String,
+    daily_limit: Option<u64>,
+    #[serde(default)]
+    exhaust: bool,
+}
+
+/// Sets the app's daily limit and/or uses up today's quota, then answers the quota as
+/// get_api_quota would; `{"appid"}` alone only reads it.
+async fn send_quota(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
+    let b: SendQuotaBody = parse(&body)?;
+    non_empty("appid", &b.appid)?;
+    if let Some(limit) = b.daily_limit {
+        s.set_send_quota(&b.appid, limit);
+    }
+    if b.exhaust {
+        s.exhaust_send_quota(&b.appid);
+    }
+    Ok(Json(json!({"ok": true, "quota": s.send_quota(&b.appid)})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendRateBody {
+    /// `null` lifts the limit; 0 refuses every send with 45011.
+    per_sec: Option<u32>,
+}
+
+async fn send_rate(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
+    let b: SendRateBody = parse(&body)?;
+    s.set_send_rate(b.per_sec);
+    ok()
+}
+
+async fn new_quota_day(State(s): State<Arc<Shared>>) -> Answer {
+    s.new_quota_day();
     ok()
 }
 

@@ -1,6 +1,11 @@
-//! The project's WeChat API emulator: the token, stable_token, subscribe/send and
-//! jscode2session endpoints with WeChat's rules and errcodes, plus a control API under
-//! `/mock/` and the same controls as Rust methods on [`MockServer`].
+//! The project's WeChat API emulator: the token, stable_token, subscribe/send,
+//! jscode2session, get_api_quota and clear_quota endpoints with WeChat's rules and errcodes,
+//! plus a control API under `/mock/` and the same controls as Rust methods on
+//! [`MockServer`].
+//!
+//! Limits as WeChat applies them (sources in `limits.rs`): a daily subscribe/send quota per
+//! app (45009, back at 00:00 UTC+8 or after `clear_quota`), an optional per-app rate per
+//! second (45011), and the token fetch quotas.
 //!
 //! The demo, the integration tests and the benchmark all run against it, so it follows
 //! WeChat closely (token overlap and rotation, quotas, validation order, errmsg with a rid)
@@ -13,6 +18,7 @@
 pub mod cli;
 mod control;
 mod faults;
+mod limits;
 mod routes;
 mod state;
 mod stats;
@@ -31,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 pub use faults::{Fault, FaultTarget};
+pub use limits::SendQuota;
 pub use stats::MockStats;
 
 /// Whether WeChat accepts `value` for the data key `key` (`thing4`, `amount2`, …): the same
@@ -61,6 +68,14 @@ pub struct MockOptions {
     /// How many accepted sends [`MockServer::sends`] keeps (the oldest are dropped first);
     /// bounds memory in long benchmarks. 0 keeps none.
     pub max_recorded_sends: usize,
+    /// Accepted subscribe/sends per app per day (China time) before 45009. WeChat's
+    /// documented limit is 10,000,000 a day (30,000,000 with payments enabled).
+    pub send_daily_limit: u64,
+    /// Accepted sends per app in any 1-second window (sliding) before 45011; `None` is
+    /// unlimited, as WeChat documents no per-second figure.
+    pub send_rate_per_sec: Option<u32>,
+    /// `clear_quota` calls allowed per app per month before 48006 (WeChat: 10).
+    pub clear_quota_monthly_limit: u32,
 }
 
 impl Default for MockOptions {
@@ -75,6 +90,9 @@ impl Default for MockOptions {
             latency: Duration::ZERO,
             strict_subscriptions: false,
             max_recorded_sends: 100_000,
+            send_daily_limit: 10_000_000,
+            send_rate_per_sec: None,
+            clear_quota_monthly_limit: 10,
         }
     }
 }
@@ -86,7 +104,8 @@ pub struct AcceptedSend {
     pub appid: String,
     /// The request body as received.
     pub body: serde_json::Value,
-    /// Unix time in milliseconds.
+    /// Unix time in milliseconds, read when the send passed the rate limit: the time the
+    /// rate window counted.
     pub received_at_ms: u64,
 }
 
@@ -192,6 +211,33 @@ impl MockServer {
         self.shared.expire_all_tokens();
     }
 
+    /// Sets `appid`'s daily subscribe/send limit (today's count is kept).
+    pub fn set_send_quota(&self, appid: &str, daily_limit: u64) {
+        self.shared.set_send_quota(appid, daily_limit);
+    }
+
+    /// Uses up what is left of `appid`'s quota today: its next sends answer 45009 until
+    /// [`MockServer::new_quota_day`], a `clear_quota` call, or the real 00:00 UTC+8.
+    pub fn exhaust_send_quota(&self, appid: &str) {
+        self.shared.exhaust_send_quota(appid);
+    }
+
+    /// `appid`'s subscribe/send quota today, as get_api_quota reports it.
+    pub fn send_quota(&self, appid: &str) -> SendQuota {
+        self.shared.send_quota(appid)
+    }
+
+    /// Accepted sends per app in any 1-second window from now on; `None` lifts the limit,
+    /// `Some(0)` refuses every send with 45011.
+    pub fn set_send_rate(&self, per_sec: Option<u32>) {
+        self.shared.set_send_rate(per_sec);
+    }
+
+    /// Does what 00:00 UTC+8 does: every app's send and token fetch counts start again.
+    pub fn new_quota_day(&self) {
+        self.shared.new_quota_day();
+    }
+
     pub fn stats(&self) -> MockStats {
         self.shared.counters.snapshot()
     }
@@ -201,8 +247,14 @@ impl MockServer {
         self.shared.sends()
     }
 
-    /// Clears tokens, faults, counters, sends, codes and subscriptions; keeps apps,
-    /// templates and latency.
+    /// `received_at_ms` of every recorded accepted send, oldest first: what a rate test
+    /// slides its 1-second window over.
+    pub fn send_times_ms(&self) -> Vec<u64> {
+        self.shared.send_times_ms()
+    }
+
+    /// Clears tokens, faults, counters, sends, codes, subscriptions and quota counts and
+    /// overrides; keeps apps, templates, latency and the send rate.
     pub fn reset(&self) {
         self.shared.reset();
     }
@@ -232,6 +284,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/cgi-bin/stable_token", post(routes::stable_token))
         .route("/cgi-bin/message/subscribe/send", post(routes::send))
         .route("/sns/jscode2session", get(routes::jscode2session))
+        .route("/cgi-bin/openapi/quota/get", post(routes::quota_get))
+        .route("/cgi-bin/clear_quota", post(routes::clear_quota))
         .merge(control::router())
         .with_state(shared)
 }
