@@ -1,5 +1,5 @@
 //! The project's WeChat API emulator: the token, stable_token, subscribe/send,
-//! jscode2session, get_api_quota and clear_quota endpoints with WeChat's rules and errcodes,
+//! jscode2session, get_api_quota, clear_quota and gettemplate endpoints with WeChat's rules and errcodes,
 //! plus a control API under `/mock/` and the same controls as Rust methods on
 //! [`MockServer`].
 //!
@@ -22,6 +22,7 @@ mod limits;
 mod routes;
 mod state;
 mod stats;
+mod templates;
 mod tokens;
 mod validate;
 pub mod value_rules;
@@ -39,6 +40,7 @@ use tokio::task::JoinHandle;
 pub use faults::{Fault, FaultTarget};
 pub use limits::SendQuota;
 pub use stats::MockStats;
+pub use templates::{TemplateDef, TemplateKind};
 
 /// Whether WeChat accepts `value` for the data key `key` (`thing4`, `amount2`, …): the same
 /// check the emulator's subscribe/send applies to each `data.<key>.value`.
@@ -184,10 +186,20 @@ impl MockServer {
         self.shared.subscriptions_left(openid, template_id)
     }
 
-    /// Once any template is registered, sends must name a registered one and carry exactly
-    /// its keys.
+    /// A one-time template titled by its id (see [`MockServer::add_template`]). Keys are
+    /// not checked here, so a test can register one WeChat would never accept.
     pub fn register_template(&self, template_id: &str, keys: &[&str]) {
-        self.shared.register_template(template_id, keys);
+        self.shared
+            .add_template(TemplateDef::new(template_id, keys));
+    }
+
+    /// Adds (or replaces) a template: gettemplate lists it, and once any template is
+    /// registered, sends must name a registered one, carry exactly its keys and give each
+    /// enum key one of its listed values. `Err` says what is wrong with the definition.
+    pub fn add_template(&self, def: TemplateDef) -> Result<(), String> {
+        def.check()?;
+        self.shared.add_template(def);
+        Ok(())
     }
 
     /// Queues faults for the next calls to `target`, consumed one per call in order.
@@ -286,6 +298,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/sns/jscode2session", get(routes::jscode2session))
         .route("/cgi-bin/openapi/quota/get", post(routes::quota_get))
         .route("/cgi-bin/clear_quota", post(routes::clear_quota))
+        .route("/wxaapi/newtmpl/gettemplate", get(routes::gettemplate))
         .merge(control::router())
         .with_state(shared)
 }

@@ -227,6 +227,20 @@ pub(crate) async fn quota_get(
     }
 }
 
+/// `GET /wxaapi/newtmpl/gettemplate?access_token=…`
+pub(crate) async fn gettemplate(State(shared): State<Arc<Shared>>, q: Params) -> Response {
+    let _in_flight = shared.counters.enter();
+    bump(&shared.counters.gettemplate_calls);
+    if let Err(answer) = prelude(&shared, None).await {
+        return answer;
+    }
+    let p = params(q);
+    match shared.list_templates(p.get("access_token").map(String::as_str)) {
+        Ok(data) => Json(json!({"errcode": 0, "errmsg": "ok", "data": data})).into_response(),
+        Err(e) => error(&shared, &e),
+    }
+}
+
 /// `POST /cgi-bin/clear_quota?access_token=…` `{"appid": …}`
 pub(crate) async fn clear_quota(
     State(shared): State<Arc<Shared>>,

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::faults::Faults;
 use super::limits::{Refused, SendLimits, SendQuota};
 use super::stats::{Counters, bump};
+use super::templates::TemplateDef;
 use super::tokens::{Issued, QuotaError, Stale, TokenRules, TokenStore, well_formed};
 use super::validate::{Templates, check_send};
 use super::{AcceptedSend, MockOptions};
@@ -164,14 +165,21 @@ impl Shared {
             .unwrap_or(0)
     }
 
-    pub(crate) fn register_template(&self, template_id: &str, keys: &[&str]) {
+    /// Adds or replaces a template (checked by the caller).
+    pub(crate) fn add_template(&self, def: TemplateDef) {
         let mut guard = write(&self.templates);
         let mut next = Templates::clone(&guard);
-        next.insert(
-            template_id.to_owned(),
-            keys.iter().map(|k| (*k).to_owned()).collect(),
-        );
+        next.insert(def.template_id.clone(), def);
         *guard = Arc::new(next);
+    }
+
+    /// `GET /wxaapi/newtmpl/gettemplate`: every registered template, by template_id.
+    pub(crate) fn list_templates(&self, access_token: Option<&str>) -> Result<Vec<Value>, WxError> {
+        self.check_token(access_token)?;
+        let templates = Arc::clone(&read(&self.templates));
+        let mut defs: Vec<&TemplateDef> = templates.values().collect();
+        defs.sort_by(|a, b| a.template_id.cmp(&b.template_id));
+        Ok(defs.into_iter().map(TemplateDef::listing).collect())
     }
 
     pub(crate) fn set_latency(&self, latency: Duration) {
@@ -590,7 +598,7 @@ mod tests {
     fn reset_keeps_apps_and_templates() {
         let s = Shared::new(&MockOptions::default());
         s.register_app("wx1", "s");
-        s.register_template("TPL", &["thing1"]);
+        s.add_template(TemplateDef::new("TPL", &["thing1"]));
         let token = s.stable_token(&creds("wx1", "s"), false).unwrap().token;
         s.send(Some(&token), &body()).unwrap();
         s.reset();
