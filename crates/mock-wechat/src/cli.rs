@@ -25,6 +25,12 @@ pub struct MockWechatArgs {
     /// Require a granted one-time subscription per send (else 43101).
     #[arg(long)]
     pub strict_subscriptions: bool,
+    /// Accepted subscribe/sends per app per day (China time) before 45009.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub send_daily_limit: u64,
+    /// Accepted sends per app in any 1-second window before 45011 (default: unlimited).
+    #[arg(long, value_name = "PER_SEC")]
+    pub send_rate: Option<u32>,
     /// Register an app (repeatable). Without any, every appid/secret is accepted.
     /// Dev-only fake secrets: they are visible in the process list.
     #[arg(long = "app", value_name = "APPID=SECRET")]
@@ -60,6 +66,8 @@ pub async fn run(args: MockWechatArgs) -> anyhow::Result<()> {
         classic_overlap: args.classic_overlap,
         latency: args.latency,
         strict_subscriptions: args.strict_subscriptions,
+        send_daily_limit: args.send_daily_limit,
+        send_rate_per_sec: args.send_rate,
         ..MockOptions::default()
     };
     let server = MockServer::start(opts, args.listen)
@@ -113,6 +121,20 @@ mod tests {
         assert_eq!(cli.args.latency, Duration::from_millis(50));
         assert_eq!(cli.args.token_ttl, Duration::from_secs(7200));
         assert_eq!(split_app(&cli.args.apps[0]), Some(("wx1", "s=1")));
+        assert_eq!(
+            cli.args.send_daily_limit,
+            MockOptions::default().send_daily_limit
+        );
+        assert_eq!(cli.args.send_rate, None);
+    }
+
+    #[test]
+    fn limit_flags() {
+        let cli =
+            Cli::try_parse_from(["x", "--send-daily-limit", "150", "--send-rate", "120"]).unwrap();
+        assert_eq!(cli.args.send_daily_limit, 150);
+        assert_eq!(cli.args.send_rate, Some(120));
+        assert!(Cli::try_parse_from(["x", "--send-rate", "fast"]).is_err());
     }
 
     #[test]

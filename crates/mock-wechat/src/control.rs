@@ -1,6 +1,7 @@
 //! The control API under `/mock/`: lets a demo, a shell script or a test in another process
 //! set the emulator up and read what it saw, mirroring the `MockServer` methods.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use serde_json::json;
 
 use super::faults::{Fault, FaultTarget};
 use super::state::Shared;
-use crate::value_rules;
+use crate::templates::{TemplateDef, TemplateKind};
 
 pub(crate) fn router() -> Router<Arc<Shared>> {
     Router::new()
@@ -28,6 +29,9 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/mock/fault-rate", post(fault_rate))
         .route("/mock/latency", post(latency))
         .route("/mock/expire-tokens", post(expire_tokens))
+        .route("/mock/send-quota", post(send_quota))
+        .route("/mock/send-rate", post(send_rate))
+        .route("/mock/new-quota-day", post(new_quota_day))
         .route("/mock/stats", get(stats))
         .route("/mock/sends", get(sends))
         .route("/mock/reset", post(reset))
@@ -115,27 +119,45 @@ async fn subscriptions(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
     Ok(Json(json!({"ok": true, "remaining": left})).into_response())
 }
 
+fn one_time() -> u8 {
+    2
+}
+
+/// `{"template_id", "keys", "title"?, "type"?: 2|3, "enums"?: {key: [values]},
+/// "labels"?: {key: label}}`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TemplateBody {
     template_id: String,
     keys: Vec<String>,
+    title: Option<String>,
+    #[serde(rename = "type", default = "one_time")]
+    kind: u8,
+    #[serde(default)]
+    enums: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
 }
 
 async fn templates(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
     let b: TemplateBody = parse(&body)?;
-    non_empty("template_id", &b.template_id)?;
-    if b.keys.is_empty() {
-        return Err(BadRequest("keys must list the template's data keys".into()));
-    }
+    let kind = TemplateKind::from_code(b.kind).ok_or_else(|| {
+        BadRequest(format!(
+            "type {} is not a template type (2 one-time, 3 long-term)",
+            b.kind
+        ))
+    })?;
+    let def = TemplateDef {
+        title: b.title.unwrap_or_else(|| b.template_id.clone()),
+        template_id: b.template_id,
+        kind,
+        keys: b.keys,
+        enum_values: b.enums,
+        labels: b.labels,
+    };
     // A key WeChat has no type for could never be sent; catch the typo here.
-    if let Some(bad) = b.keys.iter().find(|k| !value_rules::is_known_key(k)) {
-        return Err(BadRequest(format!(
-            "key {bad:?} has no WeChat type (thing1, amount2, time3, …)"
-        )));
-    }
-    let keys: Vec<&str> = b.keys.iter().map(String::as_str).collect();
-    s.register_template(&b.template_id, &keys);
+    def.check().map_err(BadRequest)?;
+    s.add_template(def);
     ok()
 }
 
@@ -189,6 +211,47 @@ async fn latency(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
 
 async fn expire_tokens(State(s): State<Arc<Shared>>) -> Answer {
     s.expire_all_tokens();
+    ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendQuotaBody {
+    appid: String,
+    daily_limit: Option<u64>,
+    #[serde(default)]
+    exhaust: bool,
+}
+
+/// Sets the app's daily limit and/or uses up today's quota, then answers the quota as
+/// get_api_quota would; `{"appid"}` alone only reads it.
+async fn send_quota(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
+    let b: SendQuotaBody = parse(&body)?;
+    non_empty("appid", &b.appid)?;
+    if let Some(limit) = b.daily_limit {
+        s.set_send_quota(&b.appid, limit);
+    }
+    if b.exhaust {
+        s.exhaust_send_quota(&b.appid);
+    }
+    Ok(Json(json!({"ok": true, "quota": s.send_quota(&b.appid)})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendRateBody {
+    /// `null` lifts the limit; 0 refuses every send with 45011.
+    per_sec: Option<u32>,
+}
+
+async fn send_rate(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
+    let b: SendRateBody = parse(&body)?;
+    s.set_send_rate(b.per_sec);
+    ok()
+}
+
+async fn new_quota_day(State(s): State<Arc<Shared>>) -> Answer {
+    s.new_quota_day();
     ok()
 }
 

@@ -1,6 +1,11 @@
-//! The project's WeChat API emulator: the token, stable_token, subscribe/send and
-//! jscode2session endpoints with WeChat's rules and errcodes, plus a control API under
-//! `/mock/` and the same controls as Rust methods on [`MockServer`].
+//! The project's WeChat API emulator: the token, stable_token, subscribe/send,
+//! jscode2session, get_api_quota, clear_quota and gettemplate endpoints with WeChat's rules and errcodes,
+//! plus a control API under `/mock/` and the same controls as Rust methods on
+//! [`MockServer`].
+//!
+//! Limits as WeChat applies them (sources in `limits.rs`): a daily subscribe/send quota per
+//! app (45009, back at 00:00 UTC+8 or after `clear_quota`), an optional per-app rate per
+//! second (45011), and the token fetch quotas.
 //!
 //! The demo, the integration tests and the benchmark all run against it, so it follows
 //! WeChat closely (token overlap and rotation, quotas, validation order, errmsg with a rid)
@@ -13,9 +18,11 @@
 pub mod cli;
 mod control;
 mod faults;
+mod limits;
 mod routes;
 mod state;
 mod stats;
+mod templates;
 mod tokens;
 mod validate;
 pub mod value_rules;
@@ -31,7 +38,9 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 pub use faults::{Fault, FaultTarget};
+pub use limits::SendQuota;
 pub use stats::MockStats;
+pub use templates::{TemplateDef, TemplateKind};
 
 /// Whether WeChat accepts `value` for the data key `key` (`thing4`, `amount2`, …): the same
 /// check the emulator's subscribe/send applies to each `data.<key>.value`.
@@ -61,6 +70,14 @@ pub struct MockOptions {
     /// How many accepted sends [`MockServer::sends`] keeps (the oldest are dropped first);
     /// bounds memory in long benchmarks. 0 keeps none.
     pub max_recorded_sends: usize,
+    /// Accepted subscribe/sends per app per day (China time) before 45009. WeChat's
+    /// documented limit is 10,000,000 a day (30,000,000 with payments enabled).
+    pub send_daily_limit: u64,
+    /// Accepted sends per app in any 1-second window (sliding) before 45011; `None` is
+    /// unlimited, as WeChat documents no per-second figure.
+    pub send_rate_per_sec: Option<u32>,
+    /// `clear_quota` calls allowed per app per month before 48006 (WeChat: 10).
+    pub clear_quota_monthly_limit: u32,
 }
 
 impl Default for MockOptions {
@@ -75,6 +92,9 @@ impl Default for MockOptions {
             latency: Duration::ZERO,
             strict_subscriptions: false,
             max_recorded_sends: 100_000,
+            send_daily_limit: 10_000_000,
+            send_rate_per_sec: None,
+            clear_quota_monthly_limit: 10,
         }
     }
 }
@@ -86,7 +106,8 @@ pub struct AcceptedSend {
     pub appid: String,
     /// The request body as received.
     pub body: serde_json::Value,
-    /// Unix time in milliseconds.
+    /// Unix time in milliseconds, read when the send passed the rate limit: the time the
+    /// rate window counted.
     pub received_at_ms: u64,
 }
 
@@ -165,10 +186,20 @@ impl MockServer {
         self.shared.subscriptions_left(openid, template_id)
     }
 
-    /// Once any template is registered, sends must name a registered one and carry exactly
-    /// its keys.
+    /// A one-time template titled by its id (see [`MockServer::add_template`]). Keys are
+    /// not checked here, so a test can register one WeChat would never accept.
     pub fn register_template(&self, template_id: &str, keys: &[&str]) {
-        self.shared.register_template(template_id, keys);
+        self.shared
+            .add_template(TemplateDef::new(template_id, keys));
+    }
+
+    /// Adds (or replaces) a template: gettemplate lists it, and once any template is
+    /// registered, sends must name a registered one, carry exactly its keys and give each
+    /// enum key one of its listed values. `Err` says what is wrong with the definition.
+    pub fn add_template(&self, def: TemplateDef) -> Result<(), String> {
+        def.check()?;
+        self.shared.add_template(def);
+        Ok(())
     }
 
     /// Queues faults for the next calls to `target`, consumed one per call in order.
@@ -192,6 +223,33 @@ impl MockServer {
         self.shared.expire_all_tokens();
     }
 
+    /// Sets `appid`'s daily subscribe/send limit (today's count is kept).
+    pub fn set_send_quota(&self, appid: &str, daily_limit: u64) {
+        self.shared.set_send_quota(appid, daily_limit);
+    }
+
+    /// Uses up what is left of `appid`'s quota today: its next sends answer 45009 until
+    /// [`MockServer::new_quota_day`], a `clear_quota` call, or the real 00:00 UTC+8.
+    pub fn exhaust_send_quota(&self, appid: &str) {
+        self.shared.exhaust_send_quota(appid);
+    }
+
+    /// `appid`'s subscribe/send quota today, as get_api_quota reports it.
+    pub fn send_quota(&self, appid: &str) -> SendQuota {
+        self.shared.send_quota(appid)
+    }
+
+    /// Accepted sends per app in any 1-second window from now on; `None` lifts the limit,
+    /// `Some(0)` refuses every send with 45011.
+    pub fn set_send_rate(&self, per_sec: Option<u32>) {
+        self.shared.set_send_rate(per_sec);
+    }
+
+    /// Does what 00:00 UTC+8 does: every app's send and token fetch counts start again.
+    pub fn new_quota_day(&self) {
+        self.shared.new_quota_day();
+    }
+
     pub fn stats(&self) -> MockStats {
         self.shared.counters.snapshot()
     }
@@ -201,8 +259,14 @@ impl MockServer {
         self.shared.sends()
     }
 
-    /// Clears tokens, faults, counters, sends, codes and subscriptions; keeps apps,
-    /// templates and latency.
+    /// `received_at_ms` of every recorded accepted send, oldest first: what a rate test
+    /// slides its 1-second window over.
+    pub fn send_times_ms(&self) -> Vec<u64> {
+        self.shared.send_times_ms()
+    }
+
+    /// Clears tokens, faults, counters, sends, codes, subscriptions and quota counts and
+    /// overrides; keeps apps, templates, latency and the send rate.
     pub fn reset(&self) {
         self.shared.reset();
     }
@@ -232,6 +296,9 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/cgi-bin/stable_token", post(routes::stable_token))
         .route("/cgi-bin/message/subscribe/send", post(routes::send))
         .route("/sns/jscode2session", get(routes::jscode2session))
+        .route("/cgi-bin/openapi/quota/get", post(routes::quota_get))
+        .route("/cgi-bin/clear_quota", post(routes::clear_quota))
+        .route("/wxaapi/newtmpl/gettemplate", get(routes::gettemplate))
         .merge(control::router())
         .with_state(shared)
 }

@@ -35,12 +35,14 @@ fn rid() -> String {
     )
 }
 
-pub(crate) fn errcode_response(errcode: i64, errmsg: &str) -> Response {
+/// An errcode answer, counted in `errcode_counts`.
+fn errcode_response(shared: &Shared, errcode: i64, errmsg: &str) -> Response {
+    shared.counters.answered(errcode);
     Json(json!({"errcode": errcode, "errmsg": format!("{errmsg} rid: {}", rid())})).into_response()
 }
 
-fn error(e: &WxError) -> Response {
-    errcode_response(e.errcode, &e.errmsg)
+fn error(shared: &Shared, e: &WxError) -> Response {
+    errcode_response(shared, e.errcode, &e.errmsg)
 }
 
 /// Sleeps unless the server is shutting down; true when the sleep was cut short.
@@ -62,19 +64,19 @@ fn shutting_down() -> Response {
         .into_response()
 }
 
-/// The latency and fault every WeChat call goes through first. `Err` is the answer to give
-/// instead of processing the call.
-async fn prelude(shared: &Shared, target: FaultTarget) -> Result<(), Response> {
+/// The latency and fault every WeChat call goes through first (the quota and template
+/// endpoints take no faults). `Err` is the answer to give instead of processing the call.
+async fn prelude(shared: &Shared, target: Option<FaultTarget>) -> Result<(), Response> {
     if sleep(shared, shared.latency()).await {
         return Err(shutting_down());
     }
-    match shared.faults.next(target) {
+    match target.and_then(|t| shared.faults.next(t)) {
         None => Ok(()),
         Some(Fault::Errcode(code)) => {
-            if matches!(target, FaultTarget::Send) {
+            if target == Some(FaultTarget::Send) {
                 shared.counters.send_error(code);
             }
-            Err(errcode_response(code, "injected fault"))
+            Err(errcode_response(shared, code, "injected fault"))
         }
         Some(Fault::Http(status)) => {
             bump(&shared.counters.http_errors);
@@ -101,69 +103,75 @@ async fn prelude(shared: &Shared, target: FaultTarget) -> Result<(), Response> {
     }
 }
 
-fn issued_response(r: Result<super::tokens::Issued, WxError>) -> Response {
+fn issued_response(shared: &Shared, r: Result<super::tokens::Issued, WxError>) -> Response {
     match r {
         Ok(issued) => Json(json!({
             "access_token": issued.token,
             "expires_in": issued.expires_in,
         }))
         .into_response(),
-        Err(e) => error(&e),
+        Err(e) => error(shared, &e),
     }
 }
 
 /// `GET /cgi-bin/token?grant_type=client_credential&appid=&secret=`
 pub(crate) async fn classic_token(State(shared): State<Arc<Shared>>, q: Params) -> Response {
     let _in_flight = shared.counters.enter();
-    if let Err(answer) = prelude(&shared, FaultTarget::Token).await {
+    if let Err(answer) = prelude(&shared, Some(FaultTarget::Token)).await {
         return answer;
     }
     bump(&shared.counters.token_calls);
     bump(&shared.counters.classic_token_calls);
     let p = params(q);
     let get = |k: &str| p.get(k).map(String::as_str);
-    issued_response(shared.classic_token(&Credentials {
-        grant_type: get("grant_type"),
-        appid: get("appid"),
-        secret: get("secret"),
-    }))
+    issued_response(
+        &shared,
+        shared.classic_token(&Credentials {
+            grant_type: get("grant_type"),
+            appid: get("appid"),
+            secret: get("secret"),
+        }),
+    )
 }
 
 /// `POST /cgi-bin/stable_token` with a JSON body.
 pub(crate) async fn stable_token(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let _in_flight = shared.counters.enter();
-    if let Err(answer) = prelude(&shared, FaultTarget::Token).await {
+    if let Err(answer) = prelude(&shared, Some(FaultTarget::Token)).await {
         return answer;
     }
     bump(&shared.counters.token_calls);
     bump(&shared.counters.stable_token_calls);
     let Ok(b) = serde_json::from_slice::<Map<String, Value>>(&body) else {
-        return errcode_response(47001, "data format error");
+        return errcode_response(&shared, 47001, "data format error");
     };
     let force_refresh = match b.get("force_refresh") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(force)) => *force,
-        Some(_) => return errcode_response(47001, "data format error"),
+        Some(_) => return errcode_response(&shared, 47001, "data format error"),
     };
     if force_refresh {
         bump(&shared.counters.force_refresh_calls);
     }
     let get = |k: &str| b.get(k).and_then(Value::as_str);
-    issued_response(shared.stable_token(
-        &Credentials {
-            grant_type: get("grant_type"),
-            appid: get("appid"),
-            secret: get("secret"),
-        },
-        force_refresh,
-    ))
+    issued_response(
+        &shared,
+        shared.stable_token(
+            &Credentials {
+                grant_type: get("grant_type"),
+                appid: get("appid"),
+                secret: get("secret"),
+            },
+            force_refresh,
+        ),
+    )
 }
 
 /// `GET /sns/jscode2session?appid&secret&js_code&grant_type=authorization_code`
 pub(crate) async fn jscode2session(State(shared): State<Arc<Shared>>, q: Params) -> Response {
     let _in_flight = shared.counters.enter();
     bump(&shared.counters.jscode2session_calls);
-    if let Err(answer) = prelude(&shared, FaultTarget::Jscode2session).await {
+    if let Err(answer) = prelude(&shared, Some(FaultTarget::Jscode2session)).await {
         return answer;
     }
     let p = params(q);
@@ -177,7 +185,7 @@ pub(crate) async fn jscode2session(State(shared): State<Arc<Shared>>, q: Params)
         Ok((openid, session_key)) => {
             Json(json!({"openid": openid, "session_key": session_key})).into_response()
         }
-        Err(e) => error(&e),
+        Err(e) => error(&shared, &e),
     }
 }
 
@@ -185,7 +193,7 @@ pub(crate) async fn jscode2session(State(shared): State<Arc<Shared>>, q: Params)
 pub(crate) async fn send(State(shared): State<Arc<Shared>>, q: Params, body: Bytes) -> Response {
     let _in_flight = shared.counters.enter();
     bump(&shared.counters.send_calls);
-    if let Err(answer) = prelude(&shared, FaultTarget::Send).await {
+    if let Err(answer) = prelude(&shared, Some(FaultTarget::Send)).await {
         return answer;
     }
     let p = params(q);
@@ -196,7 +204,57 @@ pub(crate) async fn send(State(shared): State<Arc<Shared>>, q: Params, body: Byt
         }
         Err(e) => {
             shared.counters.send_error(e.errcode);
-            error(&e)
+            error(&shared, &e)
         }
+    }
+}
+
+/// `POST /cgi-bin/openapi/quota/get?access_token=…` `{"cgi_path": …}`
+pub(crate) async fn quota_get(
+    State(shared): State<Arc<Shared>>,
+    q: Params,
+    body: Bytes,
+) -> Response {
+    let _in_flight = shared.counters.enter();
+    bump(&shared.counters.quota_get_calls);
+    if let Err(answer) = prelude(&shared, None).await {
+        return answer;
+    }
+    let p = params(q);
+    match shared.api_quota(p.get("access_token").map(String::as_str), &body) {
+        Ok(quota) => Json(json!({"errcode": 0, "errmsg": "ok", "quota": quota})).into_response(),
+        Err(e) => error(&shared, &e),
+    }
+}
+
+/// `GET /wxaapi/newtmpl/gettemplate?access_token=…`
+pub(crate) async fn gettemplate(State(shared): State<Arc<Shared>>, q: Params) -> Response {
+    let _in_flight = shared.counters.enter();
+    bump(&shared.counters.gettemplate_calls);
+    if let Err(answer) = prelude(&shared, None).await {
+        return answer;
+    }
+    let p = params(q);
+    match shared.list_templates(p.get("access_token").map(String::as_str)) {
+        Ok(data) => Json(json!({"errcode": 0, "errmsg": "ok", "data": data})).into_response(),
+        Err(e) => error(&shared, &e),
+    }
+}
+
+/// `POST /cgi-bin/clear_quota?access_token=…` `{"appid": …}`
+pub(crate) async fn clear_quota(
+    State(shared): State<Arc<Shared>>,
+    q: Params,
+    body: Bytes,
+) -> Response {
+    let _in_flight = shared.counters.enter();
+    bump(&shared.counters.clear_quota_calls);
+    if let Err(answer) = prelude(&shared, None).await {
+        return answer;
+    }
+    let p = params(q);
+    match shared.clear_quota(p.get("access_token").map(String::as_str), &body) {
+        Ok(()) => Json(json!({"errcode": 0, "errmsg": "ok"})).into_response(),
+        Err(e) => error(&shared, &e),
     }
 }

@@ -1,8 +1,9 @@
 //! What the emulator knows: apps and secrets, tokens, login codes, subscriptions, templates,
-//! accepted sends; and the WeChat logic of each endpoint on top of it, free of HTTP.
+//! send limits, accepted sends; and the WeChat logic of each endpoint on top of it, free of
+//! HTTP.
 //!
 //! Each piece has its own short-lived lock so concurrent sends only ever contend on the
-//! token map lookup and the append to the send log.
+//! token map lookup, the limits (a map lookup and a counter) and the append to the send log.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -13,7 +14,9 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::faults::Faults;
+use super::limits::{Refused, SendLimits, SendQuota};
 use super::stats::{Counters, bump};
+use super::templates::TemplateDef;
 use super::tokens::{Issued, QuotaError, Stale, TokenRules, TokenStore, well_formed};
 use super::validate::{Templates, check_send};
 use super::{AcceptedSend, MockOptions};
@@ -67,6 +70,8 @@ pub(crate) struct Shared {
     tokens: Mutex<TokenStore>,
     codes: Mutex<HashMap<(String, String), Code>>,
     subscriptions: Mutex<HashMap<(String, String), u32>>,
+    /// Locked before `subscriptions` when both are needed (a send), never after.
+    limits: Mutex<SendLimits>,
     // Copy-on-write: a send clones the Arc and validates without holding any lock.
     templates: RwLock<Arc<Templates>>,
     sends: Mutex<VecDeque<Recorded>>,
@@ -91,7 +96,7 @@ fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|e| e.into_inner())
 }
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -114,6 +119,11 @@ impl Shared {
             })),
             codes: Mutex::default(),
             subscriptions: Mutex::default(),
+            limits: Mutex::new(SendLimits::new(
+                opts.send_daily_limit,
+                opts.send_rate_per_sec,
+                opts.clear_quota_monthly_limit,
+            )),
             templates: RwLock::default(),
             sends: Mutex::default(),
             next_msgid: AtomicU64::new(1),
@@ -155,14 +165,21 @@ impl Shared {
             .unwrap_or(0)
     }
 
-    pub(crate) fn register_template(&self, template_id: &str, keys: &[&str]) {
+    /// Adds or replaces a template (checked by the caller).
+    pub(crate) fn add_template(&self, def: TemplateDef) {
         let mut guard = write(&self.templates);
         let mut next = Templates::clone(&guard);
-        next.insert(
-            template_id.to_owned(),
-            keys.iter().map(|k| (*k).to_owned()).collect(),
-        );
+        next.insert(def.template_id.clone(), def);
         *guard = Arc::new(next);
+    }
+
+    /// `GET /wxaapi/newtmpl/gettemplate`: every registered template, by template_id.
+    pub(crate) fn list_templates(&self, access_token: Option<&str>) -> Result<Vec<Value>, WxError> {
+        self.check_token(access_token)?;
+        let templates = Arc::clone(&read(&self.templates));
+        let mut defs: Vec<&TemplateDef> = templates.values().collect();
+        defs.sort_by(|a, b| a.template_id.cmp(&b.template_id));
+        Ok(defs.into_iter().map(TemplateDef::listing).collect())
     }
 
     pub(crate) fn set_latency(&self, latency: Duration) {
@@ -189,10 +206,38 @@ impl Shared {
             .collect()
     }
 
-    /// Clears tokens, faults, counters, sends, codes and subscriptions; apps and templates
-    /// are configuration and stay. msgids keep increasing so they stay unique per server.
+    pub(crate) fn set_send_quota(&self, appid: &str, daily_limit: u64) {
+        lock(&self.limits).set_daily_limit(appid, daily_limit, unix_ms());
+    }
+
+    pub(crate) fn exhaust_send_quota(&self, appid: &str) {
+        lock(&self.limits).exhaust(appid, unix_ms());
+    }
+
+    pub(crate) fn send_quota(&self, appid: &str) -> SendQuota {
+        lock(&self.limits).quota(appid, unix_ms())
+    }
+
+    pub(crate) fn set_send_rate(&self, per_sec: Option<u32>) {
+        lock(&self.limits).set_rate(per_sec);
+    }
+
+    /// What 00:00 UTC+8 does: send and token fetch counts start again for every app.
+    pub(crate) fn new_quota_day(&self) {
+        lock(&self.limits).new_day();
+        lock(&self.tokens).new_day();
+    }
+
+    pub(crate) fn send_times_ms(&self) -> Vec<u64> {
+        lock(&self.sends).iter().map(|r| r.received_at_ms).collect()
+    }
+
+    /// Clears tokens, faults, counters, sends, codes, subscriptions and quota counts; apps,
+    /// templates and latency are configuration and stay. msgids keep increasing so they stay
+    /// unique per server.
     pub(crate) fn reset(&self) {
         lock(&self.tokens).clear();
+        lock(&self.limits).clear_all();
         self.faults.clear();
         self.counters.reset();
         lock(&self.sends).clear();
@@ -291,24 +336,29 @@ impl Shared {
         }
     }
 
-    /// Returns the msgid of the accepted message.
-    pub(crate) fn send(&self, access_token: Option<&str>, body: &[u8]) -> Result<u64, WxError> {
+    /// The app a token belongs to, or WeChat's answer to a missing, malformed, superseded or
+    /// expired one: the first check of every call that carries an access_token.
+    pub(crate) fn check_token(&self, access_token: Option<&str>) -> Result<Arc<str>, WxError> {
         let token = access_token
             .filter(|t| !t.is_empty())
             .ok_or_else(|| WxError::new(41001, "access_token missing"))?;
         if !well_formed(token) {
             return Err(WxError::new(40014, "invalid access_token"));
         }
-        let appid =
-            lock(&self.tokens)
-                .check(token, Instant::now())
-                .map_err(|stale| match stale {
-                    Stale::Invalid => WxError::new(
-                        40001,
-                        "invalid credential, access_token is invalid or not latest",
-                    ),
-                    Stale::Expired => WxError::new(42001, "access_token expired"),
-                })?;
+        lock(&self.tokens)
+            .check(token, Instant::now())
+            .map_err(|stale| match stale {
+                Stale::Invalid => WxError::new(
+                    40001,
+                    "invalid credential, access_token is invalid or not latest",
+                ),
+                Stale::Expired => WxError::new(42001, "access_token expired"),
+            })
+    }
+
+    /// Returns the msgid of the accepted message.
+    pub(crate) fn send(&self, access_token: Option<&str>, body: &[u8]) -> Result<u64, WxError> {
+        let appid = self.check_token(access_token)?;
 
         let parsed: Map<String, Value> =
             serde_json::from_slice(body).map_err(|_| WxError::new(47001, "data format error"))?;
@@ -316,16 +366,25 @@ impl Shared {
         let valid =
             check_send(&parsed, &templates).map_err(|r| WxError::new(r.errcode, r.errmsg))?;
 
+        // Checked and spent under one lock, with the clock read inside it, so concurrent
+        // sends can never together pass a limit and the recorded times are the ones the
+        // rate window saw.
+        let mut limits = lock(&self.limits);
+        let now_ms = unix_ms();
+        limits
+            .check(&appid, now_ms)
+            .map_err(|refused| match refused {
+                Refused::Daily => WxError::new(45009, "reach max api daily quota limit"),
+                Refused::Rate => WxError::new(
+                    45011,
+                    "api minute-quota reach limit  mustslower  retry next minute",
+                ),
+            })?;
         if self.strict_subscriptions {
-            let mut subs = lock(&self.subscriptions);
-            // Looking up by borrowed strings would need a custom key type; two short
-            // allocations per strict send are cheap next to the JSON parse above.
-            let key = (valid.touser.to_owned(), valid.template_id.to_owned());
-            match subs.get_mut(&key) {
-                Some(left) if *left > 0 => *left -= 1,
-                _ => return Err(WxError::new(43101, "user refuse to accept the msg")),
-            }
+            self.use_subscription(valid.touser, valid.template_id)?;
         }
+        limits.record(&appid, now_ms);
+        drop(limits);
 
         let msgid = self.next_msgid.fetch_add(1, Relaxed);
         if self.max_recorded_sends > 0 {
@@ -333,7 +392,7 @@ impl Shared {
                 msgid,
                 appid,
                 body: body.into(),
-                received_at_ms: unix_ms(),
+                received_at_ms: now_ms,
             };
             let mut sends = lock(&self.sends);
             while sends.len() >= self.max_recorded_sends {
@@ -343,7 +402,78 @@ impl Shared {
         }
         Ok(msgid)
     }
+
+    fn use_subscription(&self, openid: &str, template_id: &str) -> Result<(), WxError> {
+        let mut subs = lock(&self.subscriptions);
+        // Looking up by borrowed strings would need a custom key type; two short
+        // allocations per strict send are cheap next to the JSON parse before it.
+        let key = (openid.to_owned(), template_id.to_owned());
+        match subs.get_mut(&key) {
+            Some(left) if *left > 0 => {
+                *left -= 1;
+                Ok(())
+            }
+            _ => Err(WxError::new(43101, "user refuse to accept the msg")),
+        }
+    }
+
+    /// `POST /cgi-bin/openapi/quota/get` `{"cgi_path"}`: only subscribe/send has a quota
+    /// here; `/sns/` paths are refused as WeChat documents, other paths are unknown.
+    pub(crate) fn api_quota(
+        &self,
+        access_token: Option<&str>,
+        body: &[u8],
+    ) -> Result<SendQuota, WxError> {
+        let appid = self.check_token(access_token)?;
+        let parsed: Map<String, Value> =
+            serde_json::from_slice(body).map_err(|_| WxError::new(47001, "data format error"))?;
+        let path = parsed.get("cgi_path").and_then(Value::as_str).unwrap_or("");
+        if !path.starts_with('/') {
+            return Err(WxError::new(76003, "invalid cgi_path"));
+        }
+        if path.contains("/sns/") {
+            return Err(WxError::new(
+                76022,
+                "could not use this cgi_path, no permission",
+            ));
+        }
+        if path != SEND_PATH {
+            return Err(WxError::new(76021, "cgi_path not found, please check"));
+        }
+        Ok(self.send_quota(&appid))
+    }
+
+    /// `POST /cgi-bin/clear_quota` `{"appid"}`: the token's own app only; resets its send
+    /// and token fetch counts, at most `clear_quota_monthly_limit` times a month.
+    pub(crate) fn clear_quota(
+        &self,
+        access_token: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), WxError> {
+        let token_app = self.check_token(access_token)?;
+        let parsed: Map<String, Value> =
+            serde_json::from_slice(body).map_err(|_| WxError::new(47001, "data format error"))?;
+        let appid = parsed
+            .get("appid")
+            .and_then(Value::as_str)
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| WxError::new(41002, "appid missing"))?;
+        if appid != &*token_app {
+            return Err(WxError::new(40013, "invalid appid"));
+        }
+        if !lock(&self.limits).clear(appid, unix_ms()) {
+            return Err(WxError::new(
+                48006,
+                "forbid to clear quota because of reaching the limit",
+            ));
+        }
+        lock(&self.tokens).clear_quota(appid);
+        Ok(())
+    }
 }
+
+/// The one cgi_path with a quota in the emulator.
+const SEND_PATH: &str = "/cgi-bin/message/subscribe/send";
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
@@ -468,7 +598,7 @@ mod tests {
     fn reset_keeps_apps_and_templates() {
         let s = Shared::new(&MockOptions::default());
         s.register_app("wx1", "s");
-        s.register_template("TPL", &["thing1"]);
+        s.add_template(TemplateDef::new("TPL", &["thing1"]));
         let token = s.stable_token(&creds("wx1", "s"), false).unwrap().token;
         s.send(Some(&token), &body()).unwrap();
         s.reset();

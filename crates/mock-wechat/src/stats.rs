@@ -25,6 +25,16 @@ pub struct MockStats {
     pub sends_ok: u64,
     /// Non-zero send errcodes (injected ones included), keyed by the errcode as a string.
     pub sends_by_errcode: BTreeMap<String, u64>,
+    /// Every non-zero errcode answered by any WeChat endpoint (tokens, send, jscode2session,
+    /// quota, templates; injected ones included), keyed by the errcode as a string: how
+    /// many `45009` or `45011` answers a run caused, whichever call got them.
+    pub errcode_counts: BTreeMap<String, u64>,
+    /// `POST /cgi-bin/openapi/quota/get` calls.
+    pub quota_get_calls: u64,
+    /// `POST /cgi-bin/clear_quota` calls, refused ones included.
+    pub clear_quota_calls: u64,
+    /// `GET /wxaapi/newtmpl/gettemplate` calls.
+    pub gettemplate_calls: u64,
     /// Injected HTTP error statuses, all endpoints.
     pub http_errors: u64,
     /// WeChat-endpoint requests being handled right now.
@@ -44,10 +54,24 @@ pub(crate) struct Counters {
     pub send_calls: AtomicU64,
     pub sends_ok: AtomicU64,
     pub http_errors: AtomicU64,
+    pub quota_get_calls: AtomicU64,
+    pub clear_quota_calls: AtomicU64,
+    pub gettemplate_calls: AtomicU64,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
     // Errors are the rare path; a map behind a mutex is simpler than an atomic per errcode.
     send_errcodes: Mutex<BTreeMap<i64, u64>>,
+    errcodes: Mutex<BTreeMap<i64, u64>>,
+}
+
+fn count(map: &Mutex<BTreeMap<i64, u64>>, errcode: i64) {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    *map.entry(errcode).or_default() += 1;
+}
+
+fn keyed_as_strings(map: &Mutex<BTreeMap<i64, u64>>) -> BTreeMap<String, u64> {
+    let map = map.lock().unwrap_or_else(|e| e.into_inner());
+    map.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
 /// Holds one in-flight slot; dropping it (answer sent, or client gone) frees the slot.
@@ -71,13 +95,16 @@ impl Counters {
     }
 
     pub(crate) fn send_error(&self, errcode: i64) {
-        let mut map = self.send_errcodes.lock().unwrap_or_else(|e| e.into_inner());
-        *map.entry(errcode).or_default() += 1;
+        count(&self.send_errcodes, errcode);
+    }
+
+    /// An errcode answer from any WeChat endpoint.
+    pub(crate) fn answered(&self, errcode: i64) {
+        count(&self.errcodes, errcode);
     }
 
     pub(crate) fn snapshot(&self) -> MockStats {
         let get = |c: &AtomicU64| c.load(Relaxed);
-        let errcodes = self.send_errcodes.lock().unwrap_or_else(|e| e.into_inner());
         MockStats {
             token_calls: get(&self.token_calls),
             tokens_issued: get(&self.tokens_issued),
@@ -87,7 +114,11 @@ impl Counters {
             jscode2session_calls: get(&self.jscode2session_calls),
             send_calls: get(&self.send_calls),
             sends_ok: get(&self.sends_ok),
-            sends_by_errcode: errcodes.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            sends_by_errcode: keyed_as_strings(&self.send_errcodes),
+            errcode_counts: keyed_as_strings(&self.errcodes),
+            quota_get_calls: get(&self.quota_get_calls),
+            clear_quota_calls: get(&self.clear_quota_calls),
+            gettemplate_calls: get(&self.gettemplate_calls),
             http_errors: get(&self.http_errors),
             in_flight: get(&self.in_flight),
             max_in_flight: get(&self.max_in_flight),
@@ -107,15 +138,17 @@ impl Counters {
             &self.send_calls,
             &self.sends_ok,
             &self.http_errors,
+            &self.quota_get_calls,
+            &self.clear_quota_calls,
+            &self.gettemplate_calls,
         ] {
             c.store(0, Relaxed);
         }
         self.max_in_flight
             .store(self.in_flight.load(Relaxed), Relaxed);
-        self.send_errcodes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        for map in [&self.send_errcodes, &self.errcodes] {
+            map.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
     }
 }
 
@@ -143,7 +176,9 @@ mod tests {
         c.send_error(-1);
         c.send_error(-1);
         c.send_error(40003);
+        c.answered(45009);
         let s = c.snapshot();
+        assert_eq!(s.errcode_counts.get("45009"), Some(&1));
         assert_eq!(s.sends_by_errcode.get("-1"), Some(&2));
         assert_eq!(s.sends_by_errcode.get("40003"), Some(&1));
     }

@@ -241,6 +241,22 @@ impl TokenStore {
         *self = TokenStore::new(self.rules.clone());
     }
 
+    /// clear_quota for one app: its token fetch counts start again from zero.
+    pub(crate) fn clear_quota(&mut self, appid: &str) {
+        if let Some(app) = self.apps.get_mut(appid) {
+            app.classic_quota = DayQuota::default();
+            app.force_quota = DayQuota::default();
+        }
+    }
+
+    /// What 00:00 UTC+8 does to every app's token fetch counts.
+    pub(crate) fn new_day(&mut self) {
+        for app in self.apps.values_mut() {
+            app.classic_quota = DayQuota::default();
+            app.force_quota = DayQuota::default();
+        }
+    }
+
     fn app(&mut self, appid: &str) -> &mut AppTokens {
         self.apps.entry(appid.to_owned()).or_default()
     }
@@ -352,6 +368,27 @@ mod tests {
         assert_eq!(s.classic("app", t0), Err(QuotaError::Daily));
         assert!(s.classic("other", t0).is_ok(), "quota is per app");
         assert!(s.classic("app", t0 + DAY).is_ok(), "a new day");
+    }
+
+    #[test]
+    fn clear_quota_and_new_day_reset_fetch_counts() {
+        let mut s = TokenStore::new(TokenRules {
+            classic_daily_limit: 1,
+            force_refresh_daily_limit: 1,
+            force_refresh_min_interval: Duration::ZERO,
+            ..rules()
+        });
+        let t0 = Instant::now();
+        s.classic("app", t0).unwrap();
+        s.stable("app", true, t0).unwrap();
+        assert_eq!(s.classic("app", t0), Err(QuotaError::Daily));
+        assert_eq!(s.stable("app", true, t0), Err(QuotaError::Daily));
+        s.clear_quota("app");
+        assert!(s.classic("app", t0).is_ok());
+        assert!(s.stable("app", true, t0).is_ok());
+        s.new_day();
+        assert!(s.classic("app", t0).is_ok());
+        assert!(s.stable("app", true, t0).is_ok());
     }
 
     #[test]

@@ -2,12 +2,14 @@
 //!
 //! Each data value is checked by [`crate::value_rules`], the emulator's own reading of
 //! WeChat's documented value rules (never the product's), so that a misreading in the
-//! product shows up as a 47003 here instead of passing both.
+//! product shows up as a 47003 here instead of passing both; an enum key of a registered
+//! template takes only the template's listed values (see `templates.rs`).
 
 use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
+use crate::templates::TemplateDef;
 use crate::value_rules;
 
 /// A send body that passed every check: what the subscription check needs.
@@ -37,8 +39,8 @@ impl Refusal {
     }
 }
 
-/// Registered templates: template_id → its data keys. Empty means "accept any template".
-pub(crate) type Templates = HashMap<String, Vec<String>>;
+/// Registered templates by template_id. Empty means "accept any template".
+pub(crate) type Templates = HashMap<String, TemplateDef>;
 
 const STATES: &[&str] = &["developer", "trial", "formal"];
 const LANGS: &[&str] = &["zh_CN", "en_US", "zh_HK", "zh_TW"];
@@ -59,7 +61,7 @@ pub(crate) fn check_send<'a>(
         .and_then(Value::as_str)
         .filter(|s| (1..=64).contains(&s.len()) && is_token_chars(s))
         .ok_or_else(|| Refusal::new(40037, "invalid template_id"))?;
-    let template_keys = if templates.is_empty() {
+    let template = if templates.is_empty() {
         None
     } else {
         Some(
@@ -88,14 +90,15 @@ pub(crate) fn check_send<'a>(
         return Err(Refusal::new(47003, "argument invalid! lang invalid"));
     }
 
-    check_data(body.get("data"), template_keys.map(Vec::as_slice))?;
+    check_data(body.get("data"), template)?;
     Ok(ValidSend {
         touser,
         template_id,
     })
 }
 
-fn check_data(data: Option<&Value>, template_keys: Option<&[String]>) -> Result<(), Refusal> {
+fn check_data(data: Option<&Value>, template: Option<&TemplateDef>) -> Result<(), Refusal> {
+    let template_keys = template.map(|t| t.keys.as_slice());
     let data = data
         .and_then(Value::as_object)
         .filter(|d| !d.is_empty())
@@ -106,6 +109,12 @@ fn check_data(data: Option<&Value>, template_keys: Option<&[String]>) -> Result<
             .and_then(|e| e.get("value"))
             .and_then(Value::as_str)
             .ok_or_else(|| Refusal::data(key))?;
+        if let Some(allowed) = template.and_then(|t| t.enum_of(key)) {
+            if !allowed.iter().any(|a| a == value) {
+                return Err(Refusal::data(key));
+            }
+            continue;
+        }
         if !value_rules::is_known_key(key)
             || template_keys.is_some_and(|keys| !keys.iter().any(|k| k == key))
         {
@@ -248,7 +257,7 @@ mod tests {
         let mut t = Templates::new();
         t.insert(
             "TPL_ORDER_PAID".into(),
-            vec!["character_string1".into(), "amount2".into()],
+            TemplateDef::new("TPL_ORDER_PAID", &["character_string1", "amount2"]),
         );
         assert_eq!(code(body(json!({})), &t), 0);
         assert_eq!(code(body(json!({"template_id": "OTHER"})), &t), 40037);
@@ -263,6 +272,45 @@ mod tests {
         assert_eq!(
             check_send(&extra, &t).unwrap_err().errmsg,
             "argument invalid! data.thing3.value invalid"
+        );
+    }
+}
+
+#[cfg(test)]
+mod enum_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn enum_keys_take_only_their_listed_values() {
+        let mut t = Templates::new();
+        t.insert(
+            "TPL".into(),
+            TemplateDef::new("TPL", &["time1"]).enum_key(
+                "enum_string2",
+                &["客厅", "设备发生故障，导致工作异常，请及时查看"],
+            ),
+        );
+        let body = |room: &str| {
+            json!({
+                "touser": "o6_bmjrPTlm6_2sgVt7hMZOPfL2M",
+                "template_id": "TPL",
+                "data": {"time1": {"value": "15:01"}, "enum_string2": {"value": room}}
+            })
+            .as_object()
+            .unwrap()
+            .clone()
+        };
+        assert!(check_send(&body("客厅"), &t).is_ok());
+        assert!(
+            check_send(&body("设备发生故障，导致工作异常，请及时查看"), &t).is_ok(),
+            "longer than a thing, still allowed: the list is the rule"
+        );
+        let refused = check_send(&body("阳台"), &t).unwrap_err();
+        assert_eq!(refused.errcode, 47003);
+        assert_eq!(
+            refused.errmsg,
+            "argument invalid! data.enum_string2.value invalid"
         );
     }
 }

@@ -46,8 +46,9 @@
 //!   date and one space; a date may be followed by one space and a time. In a range the `~`
 //!   may have one space on either side.
 //! - Empty values are refused (WeChat answers 47003 "data.<key>.value is empty").
-//! - `enum.DATA` is not emulated: its values come from the template's own list, which the
-//!   emulator does not have. An `enum` key is refused like an unknown type.
+//! - Enum keys (`enum_string2`) have no value rule here: their values come from the
+//!   template's own list, so subscribe/send checks them against the registered template
+//!   (`templates.rs`). Without one, an enum key is refused like an unknown type.
 
 use std::fmt;
 
