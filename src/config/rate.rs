@@ -14,10 +14,16 @@ pub struct Rate {
     pub per: Duration,
 }
 
+/// How much later than its slot a send may reach WeChat than another one (network,
+/// scheduling): the limiter spaces sends as if each period were this much longer, so that
+/// WeChat never counts more than `count` in any period however the delays fall.
+pub const JITTER_GUARD: Duration = Duration::from_millis(50);
+
 impl Rate {
-    /// The time between two sends at this rate.
+    /// The time between two sends at this rate: `per / count`, stretched by
+    /// [`JITTER_GUARD`] (`"100/s"` spaces sends 10.5 ms apart, about 95 a second).
     pub fn interval(&self) -> Duration {
-        self.per / self.count
+        (self.per + JITTER_GUARD) / self.count
     }
 }
 
@@ -77,14 +83,14 @@ mod tests {
         let rate: Rate = "200/s".parse().unwrap();
         assert_eq!(rate.count, 200);
         assert_eq!(rate.per, Duration::from_secs(1));
-        assert_eq!(rate.interval(), Duration::from_millis(5));
+        assert_eq!(rate.interval(), Duration::from_micros(5_250));
         assert_eq!(
             "6000/m".parse::<Rate>().unwrap().interval(),
-            Duration::from_millis(10)
+            Duration::from_micros(10_008)
         );
         assert_eq!(
             "50/500ms".parse::<Rate>().unwrap().interval(),
-            Duration::from_millis(10)
+            Duration::from_millis(11)
         );
     }
 

@@ -16,7 +16,7 @@ use crate::admin::metrics as m;
 use crate::store::rate_limit::{self, Slot};
 
 /// The longest a message waits for its slot while holding its prefetch slot and claim.
-pub const MAX_WAIT: Duration = Duration::from_secs(5);
+pub const MAX_WAIT: Duration = Duration::from_secs(2);
 
 /// Waits for the app's next send slot, if the app has a `max_rate`.
 pub async fn pace(ctx: &Ctx, app: &str) -> Result<(), Disposition> {

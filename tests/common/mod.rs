@@ -529,6 +529,25 @@ impl TestApp {
         out
     }
 
+    /// Writes this app's config to a file for the binary, changed by `tweak` first (see
+    /// [`set_toml`]).
+    pub fn config_file_with(
+        &self,
+        tweak: impl FnOnce(&mut toml::Table),
+    ) -> tempfile::NamedTempFile {
+        let mut table: toml::Table =
+            toml::from_str(&config_text(&self.prefix, &self.mock.base_url())).expect("test config");
+        tweak(&mut table);
+        let file = tempfile::Builder::new()
+            .prefix(&self.prefix)
+            .suffix(".toml")
+            .tempfile()
+            .expect("temp file");
+        std::fs::write(file.path(), toml::to_string(&table).expect("toml"))
+            .expect("config written");
+        file
+    }
+
     /// Writes this app's config (as the in-process tests use it) to a file for the binary.
     pub fn config_file(&self) -> tempfile::NamedTempFile {
         let file = tempfile::Builder::new()
@@ -880,4 +899,18 @@ impl Drop for RedisComesBack {
         }
         eprintln!("Redis did not come back after the test");
     }
+}
+
+/// Sets `[section] key = value` in a config table (creating the section, or a dotted one
+/// like `apps.default`).
+pub fn set_toml(table: &mut toml::Table, section: &str, key: &str, value: impl Into<toml::Value>) {
+    let mut at = table;
+    for part in section.split('.') {
+        at = at
+            .entry(part)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("a table");
+    }
+    at.insert(key.into(), value.into());
 }
