@@ -192,3 +192,29 @@ fn policy_and_retry_values_are_checked() {
     let p = problems("[wechat]\ntimeout = \"30s\"\nlock_ttl = \"10s\"\n");
     assert!(p.iter().any(|m| m.contains("lock_ttl")), "{p:?}");
 }
+
+#[test]
+fn a_bad_max_rate_names_the_line_and_the_form_to_use() {
+    let err = load_str(
+        "[apps.default]\nappid = \"wx1\"\nsecret_env = \"X\"\nmax_rate = \"fast\"\n",
+        Path::new("r.toml"),
+        env(&[]),
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("r.toml:4:") && msg.contains("\"200/s\""),
+        "{msg}"
+    );
+    let loaded = load_str(
+        "[apps.default]\nappid = \"wx1\"\nsecret_env = \"X\"\nmax_rate = \"6000/m\"\n",
+        Path::new("r.toml"),
+        env(&[]),
+    )
+    .unwrap();
+    let rate = loaded.config.apps["default"].get_ref().max_rate.unwrap();
+    assert_eq!(
+        (rate.count, rate.per),
+        (6000, std::time::Duration::from_secs(60))
+    );
+}
