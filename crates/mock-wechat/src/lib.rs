@@ -19,6 +19,7 @@ pub mod cli;
 mod control;
 mod faults;
 mod limits;
+pub mod push_crypto;
 mod routes;
 mod state;
 mod stats;
