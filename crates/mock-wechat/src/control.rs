@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::faults::{Fault, FaultTarget};
+use super::push::PushTarget;
 use super::state::Shared;
 use crate::templates::{TemplateDef, TemplateKind};
 
@@ -32,6 +33,12 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/mock/send-quota", post(send_quota))
         .route("/mock/send-rate", post(send_rate))
         .route("/mock/new-quota-day", post(new_quota_day))
+        .route("/mock/push-target", post(push_target))
+        .route("/mock/user-taps", post(user_taps))
+        .route("/mock/user-turns-off", post(user_turns_off))
+        .route("/mock/sent-result", post(sent_result))
+        .route("/mock/verify-url", post(verify_url))
+        .route("/mock/pushes", get(pushes))
         .route("/mock/stats", get(stats))
         .route("/mock/sends", get(sends))
         .route("/mock/reset", post(reset))
@@ -253,6 +260,90 @@ async fn send_rate(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
 async fn new_quota_day(State(s): State<Arc<Shared>>) -> Answer {
     s.new_quota_day();
     ok()
+}
+
+/// `deny_unknown_fields` does not work with `flatten`, so a misspelt optional field of
+/// this body is ignored.
+#[derive(Deserialize)]
+struct PushTargetBody {
+    appid: String,
+    #[serde(flatten)]
+    target: PushTarget,
+}
+
+async fn push_target(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
+    let b: PushTargetBody = parse(&body)?;
+    non_empty("appid", &b.appid)?;
+    s.push.configure(&b.appid, b.target).map_err(BadRequest)?;
+    ok()
+}
+
+fn pushed(result: Result<Option<u16>, String>) -> Answer {
+    let status = result.map_err(BadRequest)?;
+    Ok(Json(json!({"ok": true, "status": status})).into_response())
+}
+
+/// `{"appid", "openid", "choices": [["TEMPLATE_ID", "accept"], …]}`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserTapsBody {
+    appid: String,
+    openid: String,
+    choices: Vec<(String, String)>,
+}
+
+async fn user_taps(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
+    let b: UserTapsBody = parse(&body)?;
+    let choices: Vec<(&str, &str)> = b
+        .choices
+        .iter()
+        .map(|(t, c)| (t.as_str(), c.as_str()))
+        .collect();
+    pushed(s.user_taps(&b.appid, &b.openid, &choices).await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserTurnsOffBody {
+    appid: String,
+    openid: String,
+    template_id: String,
+}
+
+async fn user_turns_off(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
+    let b: UserTurnsOffBody = parse(&body)?;
+    pushed(s.user_turns_off(&b.appid, &b.openid, &b.template_id).await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SentResultBody {
+    appid: String,
+    error_code: i64,
+    error_status: String,
+}
+
+async fn sent_result(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
+    let b: SentResultBody = parse(&body)?;
+    s.push
+        .set_sent_result(&b.appid, b.error_code, &b.error_status);
+    ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppBodyOnly {
+    appid: String,
+}
+
+async fn verify_url(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
+    let b: AppBodyOnly = parse(&body)?;
+    let echoed = s.push.verify_url(&b.appid).await.map_err(BadRequest)?;
+    Ok(Json(json!({"ok": echoed})).into_response())
+}
+
+async fn pushes(State(s): State<Arc<Shared>>) -> Response {
+    Json(s.push.records()).into_response()
 }
 
 async fn stats(State(s): State<Arc<Shared>>) -> Response {

@@ -3,6 +3,11 @@
 //! plus a control API under `/mock/` and the same controls as Rust methods on
 //! [`MockServer`].
 //!
+//! Message push (`push.rs`, `push_crypto`): with [`MockServer::configure_push`] the
+//! emulator POSTs WeChat's subscription events to a receiver, signed and (safe mode)
+//! encrypted, as JSON or XML: the user's popup choices, a template turned off, and the final
+//! result of every accepted send.
+//!
 //! Limits as WeChat applies them (sources in `limits.rs`): a daily subscribe/send quota per
 //! app (45009, back at 00:00 UTC+8 or after `clear_quota`), an optional per-app rate per
 //! second (45011), and the token fetch quotas.
@@ -19,6 +24,8 @@ pub mod cli;
 mod control;
 mod faults;
 mod limits;
+mod push;
+pub mod push_crypto;
 mod routes;
 mod state;
 mod stats;
@@ -39,6 +46,7 @@ use tokio::task::JoinHandle;
 
 pub use faults::{Fault, FaultTarget};
 pub use limits::SendQuota;
+pub use push::{PushFormat, PushRecord, PushTarget};
 pub use stats::MockStats;
 pub use templates::{TemplateDef, TemplateKind};
 
@@ -269,6 +277,65 @@ impl MockServer {
     /// overrides; keeps apps, templates, latency and the send rate.
     pub fn reset(&self) {
         self.shared.reset();
+    }
+
+    /// Sends `appid`'s message pushes to `target` from now on (safe mode when it has an
+    /// `aes_key`); each accepted send then pushes its `subscribe_msg_sent_event`.
+    pub fn configure_push(&self, appid: &str, target: PushTarget) -> Result<(), String> {
+        self.shared.push.configure(appid, target)
+    }
+
+    /// The user's choices in the `wx.requestSubscribeMessage` popup, per template:
+    /// `"accept"`, `"acceptWithAudio"` (each adds one grant, or turns a registered long-term
+    /// template on) or `"reject"`; then one `subscribe_msg_popup_event` with all of them.
+    /// `Ok(None)` when the app has no push target (the grants are still recorded),
+    /// `Ok(Some(status))` with the receiver's HTTP status, `Err` for an unknown choice
+    /// (nothing recorded) or a receiver that could not be reached (grants recorded).
+    pub async fn user_taps_subscribe(
+        &self,
+        appid: &str,
+        openid: &str,
+        choices: &[(&str, &str)],
+    ) -> Result<Option<u16>, String> {
+        self.shared.user_taps(appid, openid, choices).await
+    }
+
+    /// The user turned `template_id` off in the settings: no grant is left, and a
+    /// `subscribe_msg_change_event` (reject) is pushed. Results as for
+    /// [`MockServer::user_taps_subscribe`].
+    pub async fn user_turns_off(
+        &self,
+        appid: &str,
+        openid: &str,
+        template_id: &str,
+    ) -> Result<Option<u16>, String> {
+        self.shared.user_turns_off(appid, openid, template_id).await
+    }
+
+    /// The `ErrorCode`/`ErrorStatus` of `appid`'s next sent events (default 0 /
+    /// `"success"`, the only values WeChat documents; its failures are "system failures of
+    /// the asynchronous push").
+    pub fn set_sent_result(&self, appid: &str, error_code: i64, error_status: &str) {
+        self.shared
+            .push
+            .set_sent_result(appid, error_code, error_status);
+    }
+
+    /// WeChat's GET verification of the app's push URL: `Ok(true)` when the receiver
+    /// answered 2xx with the `echostr` it was sent.
+    pub async fn verify_url(&self, appid: &str) -> Result<bool, String> {
+        self.shared.push.verify_url(appid).await
+    }
+
+    /// The pushes made so far, oldest first, with the receiver's status.
+    pub fn pushes(&self) -> Vec<PushRecord> {
+        self.shared.push.records()
+    }
+
+    /// Waits (up to `within`) until at least `n` pushes were made; returns them all. Sent
+    /// events are pushed after the send's answer, so tests await them here.
+    pub async fn wait_for_pushes(&self, n: usize, within: Duration) -> Vec<PushRecord> {
+        self.shared.push.wait_for(n, within).await
     }
 
     /// Stops accepting, ends hung calls, waits for the rest (up to a few seconds).

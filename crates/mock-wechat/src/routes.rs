@@ -197,9 +197,16 @@ pub(crate) async fn send(State(shared): State<Arc<Shared>>, q: Params, body: Byt
         return answer;
     }
     let p = params(q);
-    match shared.send(p.get("access_token").map(String::as_str), &body) {
-        Ok(msgid) => {
+    match shared.accept_send(p.get("access_token").map(String::as_str), &body) {
+        Ok((msgid, sent_event)) => {
             bump(&shared.counters.sends_ok);
+            if let Some((appid, event)) = sent_event {
+                // After the answer, as WeChat reports the final result asynchronously.
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let _ = shared.push_event(&appid, event).await;
+                });
+            }
             Json(json!({"errcode": 0, "errmsg": "ok", "msgid": msgid})).into_response()
         }
         Err(e) => {

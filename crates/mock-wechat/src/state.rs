@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::faults::Faults;
 use super::limits::{Refused, SendLimits, SendQuota};
+use super::push::{self, Event, Pusher};
 use super::stats::{Counters, bump};
 use super::templates::TemplateDef;
 use super::tokens::{Issued, QuotaError, Stale, TokenRules, TokenStore, well_formed};
@@ -78,6 +79,7 @@ pub(crate) struct Shared {
     next_msgid: AtomicU64,
     pub(crate) faults: Faults,
     pub(crate) counters: Counters,
+    pub(crate) push: Pusher,
     /// Cancelled at shutdown: hung and sleeping calls give up so the server can stop.
     pub(crate) cancel: CancellationToken,
 }
@@ -129,6 +131,7 @@ impl Shared {
             next_msgid: AtomicU64::new(1),
             faults: Faults::default(),
             counters: Counters::default(),
+            push: Pusher::default(),
             cancel: CancellationToken::new(),
         }
     }
@@ -243,6 +246,80 @@ impl Shared {
         lock(&self.sends).clear();
         lock(&self.codes).clear();
         lock(&self.subscriptions).clear();
+        self.push.clear_records();
+    }
+
+    pub(crate) async fn user_taps(
+        &self,
+        appid: &str,
+        openid: &str,
+        choices: &[(&str, &str)],
+    ) -> Result<Option<u16>, String> {
+        if choices.is_empty() {
+            return Err("the popup needs at least one (template_id, choice)".into());
+        }
+        if let Some((_, bad)) = choices.iter().find(|(_, c)| !push::CHOICES.contains(c)) {
+            return Err(format!(
+                "choice {bad:?} is not one of accept, reject, acceptWithAudio"
+            ));
+        }
+        for (template_id, choice) in choices {
+            self.record_popup_choice(openid, template_id, choice);
+        }
+        self.push_event(appid, push::popup_event(openid, choices))
+            .await
+    }
+
+    pub(crate) async fn user_turns_off(
+        &self,
+        appid: &str,
+        openid: &str,
+        template_id: &str,
+    ) -> Result<Option<u16>, String> {
+        self.revoke_subscription(openid, template_id);
+        self.push_event(appid, push::change_event(openid, template_id))
+            .await
+    }
+
+    /// A popup choice: accept and acceptWithAudio add one grant to a one-time template and
+    /// turn a registered long-term one on (unlimited sends); reject changes nothing.
+    pub(crate) fn record_popup_choice(&self, openid: &str, template_id: &str, choice: &str) {
+        if choice == "reject" {
+            return;
+        }
+        let long_term = read(&self.templates)
+            .get(template_id)
+            .is_some_and(|t| t.kind == super::templates::TemplateKind::LongTerm);
+        let count = if long_term { u32::MAX } else { 1 };
+        self.grant_subscription(openid, template_id, count);
+    }
+
+    /// The user turned the template off: no grant is left.
+    pub(crate) fn revoke_subscription(&self, openid: &str, template_id: &str) {
+        lock(&self.subscriptions).remove(&(openid.to_owned(), template_id.to_owned()));
+    }
+
+    /// Pushes an event to the app's target and counts it (failed: no answer or not 2xx).
+    pub(crate) async fn push_event(
+        &self,
+        appid: &str,
+        event: Event,
+    ) -> Result<Option<u16>, String> {
+        let result = self.push.push(appid, event).await;
+        match &result {
+            Ok(None) => {}
+            Ok(Some(status)) => {
+                bump(&self.counters.pushes);
+                if !(200..300).contains(status) {
+                    bump(&self.counters.pushes_failed);
+                }
+            }
+            Err(_) => {
+                bump(&self.counters.pushes);
+                bump(&self.counters.pushes_failed);
+            }
+        }
+        result
     }
 
     // ----- WeChat logic -----
@@ -357,7 +434,18 @@ impl Shared {
     }
 
     /// Returns the msgid of the accepted message.
+    #[cfg(test)]
     pub(crate) fn send(&self, access_token: Option<&str>, body: &[u8]) -> Result<u64, WxError> {
+        self.accept_send(access_token, body).map(|(msgid, _)| msgid)
+    }
+
+    /// Returns the msgid of the accepted message, and its sent event when the app has a
+    /// push target.
+    pub(crate) fn accept_send(
+        &self,
+        access_token: Option<&str>,
+        body: &[u8],
+    ) -> Result<(u64, Option<(String, Event)>), WxError> {
         let appid = self.check_token(access_token)?;
 
         let parsed: Map<String, Value> =
@@ -387,6 +475,11 @@ impl Shared {
         drop(limits);
 
         let msgid = self.next_msgid.fetch_add(1, Relaxed);
+        let sent_event = self.push.is_configured(&appid).then(|| {
+            let result = self.push.sent_result(&appid);
+            let event = push::sent_event(valid.touser, valid.template_id, msgid, result);
+            (appid.to_string(), event)
+        });
         if self.max_recorded_sends > 0 {
             let record = Recorded {
                 msgid,
@@ -400,7 +493,7 @@ impl Shared {
             }
             sends.push_back(record);
         }
-        Ok(msgid)
+        Ok((msgid, sent_event))
     }
 
     fn use_subscription(&self, openid: &str, template_id: &str) -> Result<(), WxError> {

@@ -35,6 +35,10 @@ pub struct MockStats {
     pub clear_quota_calls: u64,
     /// `GET /wxaapi/newtmpl/gettemplate` calls.
     pub gettemplate_calls: u64,
+    /// Message pushes made to a configured target.
+    pub pushes: u64,
+    /// Pushes the receiver did not answer with a 2xx in time.
+    pub pushes_failed: u64,
     /// Injected HTTP error statuses, all endpoints.
     pub http_errors: u64,
     /// WeChat-endpoint requests being handled right now.
@@ -57,6 +61,8 @@ pub(crate) struct Counters {
     pub quota_get_calls: AtomicU64,
     pub clear_quota_calls: AtomicU64,
     pub gettemplate_calls: AtomicU64,
+    pub pushes: AtomicU64,
+    pub pushes_failed: AtomicU64,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
     // Errors are the rare path; a map behind a mutex is simpler than an atomic per errcode.
@@ -119,6 +125,8 @@ impl Counters {
             quota_get_calls: get(&self.quota_get_calls),
             clear_quota_calls: get(&self.clear_quota_calls),
             gettemplate_calls: get(&self.gettemplate_calls),
+            pushes: get(&self.pushes),
+            pushes_failed: get(&self.pushes_failed),
             http_errors: get(&self.http_errors),
             in_flight: get(&self.in_flight),
             max_in_flight: get(&self.max_in_flight),
@@ -141,6 +149,8 @@ impl Counters {
             &self.quota_get_calls,
             &self.clear_quota_calls,
             &self.gettemplate_calls,
+            &self.pushes,
+            &self.pushes_failed,
         ] {
             c.store(0, Relaxed);
         }
