@@ -31,7 +31,7 @@ use crate::store::token_record::{self, NewToken};
 pub use crate::store::token_record::{TokenInfo, TokenSource};
 use crate::store::{Keys, StoreError};
 use crate::wechat::client::{AccessToken, CallError, WechatClient};
-use crate::wechat::errcode::{ErrorClass, classify_call};
+use crate::wechat::errcode::{ErrorClass, classify_token_fetch_call};
 
 /// Why no token could be had.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -510,7 +510,7 @@ impl TokenStore {
             }
             Err(error) => {
                 count("error");
-                return Err(match (classify_call(&error), &error) {
+                return Err(match (classify_token_fetch_call(&error), &error) {
                     (ErrorClass::Credential, CallError::WeChat { errcode, errmsg }) => {
                         TokenError::Credential {
                             app: slot.name.clone(),

@@ -1,7 +1,7 @@
 //! The fate of a message, and the one place that turns a failure into a fate.
 //!
 //! `handle.rs` and `send.rs` decide; `settle.rs` carries the [`Disposition`] out. What a
-//! WeChat errcode *means* is the errcode table's ([`ErrorClass::action`]); what that
+//! WeChat errcode *means* is the errcode table's ([`crate::wechat::errcode::action_of`]); what that
 //! meaning does to *this* message under the configured policies is [`after_failure`] here,
 //! and `policy.on_ambiguous` is [`on_ambiguous`] here. Nothing else decides either.
 
@@ -138,6 +138,8 @@ pub fn after_failure(
         // A stale token that is still stale after the refreshes a message may make is a
         // failure like any transient one.
         Action::RefreshTokenAndRetry | Action::RetryLater => retry_or_dead(ctx, attempts, failure),
+        // issue 11: replaced by the app-wide quota park / minute hold (lead)
+        Action::WaitForQuota | Action::WaitForNextMinute => retry_or_dead(ctx, attempts, failure),
     }
 }
 

@@ -29,7 +29,7 @@ use crate::store::claims::{self, CLAIM_LEASE, Claim, ClaimId, ClaimRequest, Pend
 use crate::template::Template;
 use crate::token::TokenError;
 use crate::wechat::client::SubscribeMessage;
-use crate::wechat::errcode::ErrorClass;
+use crate::wechat::errcode::{Action, ErrorClass};
 
 /// What the delivery says about the message's past.
 #[derive(Debug, Clone, Copy)]
@@ -195,7 +195,7 @@ pub(super) fn token_failure(ctx: &Ctx, app: &str, attempts: u32, error: TokenErr
                 errmsg,
                 app: Some(app.to_owned()),
             };
-            after_failure(ctx, app, attempts, ErrorClass::Credential.action(), failure)
+            after_failure(ctx, app, attempts, Action::ParkApp, failure)
         }
         TokenError::Redis(error) => Disposition::RedisUnavailable(error),
         other => retry_or_dead(

@@ -60,7 +60,7 @@ pub async fn send(
             outcome_label(&error),
             error.errcode(),
         );
-        let action = classify_call(&error).action();
+        let action = errcode::action_of(&error);
         if action == Action::RefreshTokenAndRetry && token_retries < ctx.config.retry.token_retries
         {
             token_retries += 1;
@@ -137,7 +137,7 @@ pub(super) fn call_failure(
         errmsg,
         app: Some(app.to_owned()),
     };
-    after_failure(ctx, app, attempts + 1, class.action(), failure)
+    after_failure(ctx, app, attempts + 1, errcode::action_of(error), failure)
 }
 
 /// Makes sure the claim is still this delivery's before a send: no send without a live
