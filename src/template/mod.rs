@@ -5,6 +5,7 @@
 //! `[[templates]]` once and renders a whole message.
 
 pub mod pattern;
+pub mod remote;
 pub mod render;
 pub mod rules;
 

@@ -238,6 +238,13 @@ impl TokenStore {
         Ok(self.info(app, None).await?.token)
     }
 
+    /// The app's token if this process already holds a fresh one; never fetches (for
+    /// background work that must not add token fetches of its own).
+    pub fn cached(&self, app: &str) -> Option<AccessToken> {
+        let slot = self.slot(app).ok()?;
+        self.local(slot, None).map(|info| info.token)
+    }
+
     /// Like [`get`](Self::get), with the token's timing and origin (for `wxpush token`).
     pub async fn info(
         &self,
