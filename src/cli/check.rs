@@ -85,7 +85,7 @@ async fn check_remote(loaded: &Loaded, path: &Path) -> CliResult {
         Ok(())
     } else {
         Err(CliError::Failed(anyhow::anyhow!(
-            "{}: {failures} template mismatch(es) with WeChat",
+            "{}: {failures} problem(s) against the templates on WeChat",
             path.display()
         )))
     }
