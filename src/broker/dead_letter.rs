@@ -67,6 +67,7 @@ impl FailureClass {
         FailureClass::Ambiguous,
         FailureClass::Call(ErrorClass::Token),
         FailureClass::Call(ErrorClass::Transient),
+        FailureClass::Call(ErrorClass::Limits),
         FailureClass::Call(ErrorClass::Permanent),
         FailureClass::Call(ErrorClass::Refused),
         FailureClass::Call(ErrorClass::Credential),

@@ -7,7 +7,9 @@ mod dead;
 mod demo;
 pub mod progress;
 pub mod publish;
+mod quota;
 mod replay;
+mod templates;
 mod token;
 
 use std::path::PathBuf;
@@ -47,9 +49,13 @@ pub enum Command {
     /// List and inspect dead letters without consuming them
     Dead(dead::DeadArgs),
     /// Validate the config and every template mapping; exit 0 only when clean
-    Check,
+    Check(check::CheckArgs),
     /// Show each app's token state (never the token itself)
     Token(token::TokenArgs),
+    /// Show each app's subscribe/send quota for today; --clear resets it
+    Quota(quota::QuotaArgs),
+    /// List the account's templates from WeChat, each as a ready [[templates]] entry
+    Templates(templates::TemplatesArgs),
     /// Run the project's WeChat API emulator (developer builds only)
     #[cfg(feature = "dev-tools")]
     MockWechat(wxpush_mock_wechat::cli::MockWechatArgs),
@@ -111,7 +117,9 @@ pub fn execute(
 async fn dispatch(cli: Cli) -> CliResult {
     let config_file = cli.config.as_deref();
     match cli.command {
-        Command::Check => check::run(config_file),
+        Command::Check(args) => check::run(config_file, args).await,
+        Command::Quota(args) => quota::run(&load(config_file)?, args).await,
+        Command::Templates(args) => templates::run(&load(config_file)?, args).await,
         Command::Token(args) => token::run(&load(config_file)?, args).await,
         #[cfg(feature = "dev-tools")]
         Command::MockWechat(args) => Ok(wxpush_mock_wechat::cli::run(args).await?),

@@ -131,12 +131,47 @@ impl Loaded {
                     add(
                         at.clone(),
                         format!(
-                            "template for `{event}`: data key `{key}` has no WeChat type (a key is a type plus digits, e.g. thing4; types: thing, number, letter, symbol, character_string, phone_number, car_number, name, phrase, amount, time, date)"
+                            "template for `{event}`: data key `{key}` has no WeChat type (a key is a type plus digits, e.g. thing4; types: thing, number, letter, symbol, character_string, phone_number, car_number, name, phrase, amount, time, date, enum)"
                         ),
                     );
                 }
                 if let Err(e) = Pattern::parse(value.get_ref()) {
-                    add(at, format!("template for `{event}`: data key `{key}`: {e}"));
+                    add(
+                        at.clone(),
+                        format!("template for `{event}`: data key `{key}`: {e}"),
+                    );
+                }
+                if KeyType::of_key(key) == Some(KeyType::Enum) {
+                    match t.enums.get(key) {
+                        None => add(
+                            at,
+                            format!(
+                                "template for `{event}`: data key `{key}` is an enum: list its allowed values as [templates.enums] {key} = [\"…\"] (`wxpush templates` prints the template's list)"
+                            ),
+                        ),
+                        Some(values) if values.is_empty() => add(
+                            at,
+                            format!("template for `{event}`: [templates.enums] {key} is empty"),
+                        ),
+                        Some(_) => {}
+                    }
+                }
+            }
+            for key in t.enums.keys() {
+                if !t.data.contains_key(key) {
+                    add(
+                        at.clone(),
+                        format!(
+                            "template for `{event}`: [templates.enums] {key} names no key of [templates.data]"
+                        ),
+                    );
+                } else if KeyType::of_key(key) != Some(KeyType::Enum) {
+                    add(
+                        at.clone(),
+                        format!(
+                            "template for `{event}`: [templates.enums] {key}: only enum keys (enum1, enum_string2, …) take a list of values"
+                        ),
+                    );
                 }
             }
         }

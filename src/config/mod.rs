@@ -296,6 +296,10 @@ pub struct TemplateConfig {
     pub miniprogram_state: Option<MiniprogramState>,
     pub lang: Option<Lang>,
     pub data: BTreeMap<String, Spanned<String>>,
+    /// The allowed values of each `enum` / `enum_string` data key (the template's
+    /// `keywordEnumValueList`, as `wxpush templates` prints it).
+    #[serde(default)]
+    pub enums: BTreeMap<String, Vec<String>>,
 }
 
 fn default_app() -> String {

@@ -5,6 +5,7 @@
 //! `[[templates]]` once and renders a whole message.
 
 pub mod pattern;
+pub mod remote;
 pub mod render;
 pub mod rules;
 
@@ -26,7 +27,17 @@ pub struct Template {
     page: Option<Pattern>,
     miniprogram_state: Option<&'static str>,
     lang: Option<&'static str>,
-    data: Vec<(String, KeyType, Pattern)>,
+    data: Vec<DataKey>,
+}
+
+/// One data key of a template: its WeChat type, the pattern that fills it and, for an enum
+/// key, the template's allowed values.
+#[derive(Debug, Clone)]
+struct DataKey {
+    key: String,
+    kind: KeyType,
+    pattern: Pattern,
+    allowed: Option<Vec<String>>,
 }
 
 /// All templates by event type.
@@ -58,7 +69,19 @@ impl Templates {
                 })?;
                 let pattern = Pattern::parse(pattern.get_ref())
                     .map_err(|e| anyhow::anyhow!("template `{}` key `{key}`: {e}", t.event))?;
-                data.push((key.clone(), kind, pattern));
+                let allowed = t.enums.get(key).cloned();
+                if kind == KeyType::Enum && allowed.as_ref().is_none_or(Vec::is_empty) {
+                    anyhow::bail!(
+                        "template `{}`: enum key `{key}` has no allowed values: add [templates.enums] {key} = [\"…\"]",
+                        t.event
+                    );
+                }
+                data.push(DataKey {
+                    key: key.clone(),
+                    kind,
+                    pattern,
+                    allowed,
+                });
             }
             by_event.insert(
                 t.event.clone(),
@@ -78,6 +101,11 @@ impl Templates {
 
     pub fn get(&self, event_type: &str) -> Option<&Template> {
         self.by_event.get(event_type)
+    }
+
+    /// Every configured template (for `check --remote`).
+    pub fn all(&self) -> impl Iterator<Item = &Template> {
+        self.by_event.values()
     }
 
     /// The configured event types (for queue bindings and metric labels).
@@ -101,39 +129,20 @@ impl Template {
         overflow: Overflow,
     ) -> Result<SubscribeMessage, RenderFailure> {
         let mut out = BTreeMap::new();
-        for (key, kind, pattern) in &self.data {
+        for DataKey {
+            key,
+            kind,
+            pattern,
+            allowed,
+        } in &self.data
+        {
             let Some(value) = render::render(pattern, data)
                 .map_err(|e| RenderFailure(format!("data key `{key}`: {e}")))?
             else {
                 continue;
             };
-            let checked = match kind.check(&value) {
-                Err(ValueError::TooLong { .. })
-                    if overflow == Overflow::Truncate && kind.truncatable() =>
-                {
-                    // The cut value must pass on its own: a phrase of latin letters is still
-                    // refused after shortening.
-                    let cut = kind.truncate(&value);
-                    kind.check(&cut).map(|()| cut)
-                }
-                other => other.map(|()| value),
-            };
-            let value = match checked {
-                Ok(value) => value,
-                Err(e) => {
-                    return Err(RenderFailure(format!(
-                        "data key `{key}` ({}) {e}{}",
-                        kind.name(),
-                        match (&e, overflow) {
-                            (ValueError::TooLong { .. }, Overflow::Reject) =>
-                                " (policy.overflow = \"reject\")",
-                            (ValueError::TooLong { .. }, Overflow::Truncate) =>
-                                " (this type is never truncated)",
-                            _ => "",
-                        }
-                    )));
-                }
-            };
+            let value = checked(*kind, allowed.as_deref(), value, overflow)
+                .map_err(|e| RenderFailure(reason(key, *kind, &e, overflow)))?;
             out.insert(key.clone(), DataValue { value });
         }
         if out.is_empty() {
@@ -157,6 +166,57 @@ impl Template {
             data: out,
         })
     }
+}
+
+impl Template {
+    /// The configured data keys, in order (for `check --remote`).
+    pub fn data_keys(&self) -> impl Iterator<Item = &str> {
+        self.data.iter().map(|d| d.key.as_str())
+    }
+
+    /// The configured allowed values of an enum key.
+    pub fn enum_values(&self, key: &str) -> Option<&[String]> {
+        self.data
+            .iter()
+            .find(|d| d.key == key)
+            .and_then(|d| d.allowed.as_deref())
+    }
+}
+
+/// A rendered value as it will be sent: checked against its type, cut where the type and
+/// `policy.overflow` allow it, and checked against the enum list of an enum key.
+fn checked(
+    kind: KeyType,
+    allowed: Option<&[String]>,
+    value: String,
+    overflow: Overflow,
+) -> Result<String, ValueError> {
+    let value = match kind.check(&value) {
+        Err(ValueError::TooLong { .. }) if overflow == Overflow::Truncate && kind.truncatable() => {
+            // The cut value must pass on its own (a symbol cut mid-way is still symbols).
+            let cut = kind.truncate(&value);
+            kind.check(&cut).map(|()| cut)?
+        }
+        other => other.map(|()| value)?,
+    };
+    match allowed {
+        Some(allowed) if kind == KeyType::Enum => rules::check_enum(&value, allowed)?,
+        _ => {}
+    }
+    Ok(value)
+}
+
+/// The dead letter's reason: the key, its type, what is wrong and, for a value over its
+/// limit, why it was not cut.
+fn reason(key: &str, kind: KeyType, error: &ValueError, overflow: Overflow) -> String {
+    let why_not_cut = match (error, overflow) {
+        (ValueError::TooLong { .. }, Overflow::Reject) => " (policy.overflow = \"reject\")",
+        (ValueError::TooLong { .. }, Overflow::Truncate) => {
+            " (policy.overflow = \"truncate\" cuts only thing and symbol values)"
+        }
+        _ => "",
+    };
+    format!("data key `{key}` ({}) {error}{why_not_cut}", kind.name())
 }
 
 #[cfg(test)]
@@ -253,5 +313,113 @@ thing4 = "{remark}"
             )
             .unwrap();
         assert_eq!(msg.page.as_deref(), Some("pages/x"));
+    }
+
+    fn compile(text: &str) -> Templates {
+        let loaded = crate::config::load_str(text, "t.toml".as_ref(), vec![]).unwrap();
+        Templates::compile(&loaded.config).unwrap()
+    }
+
+    const APP: &str = "[apps.default]\nappid = \"wx1\"\nsecret_env = \"X\"\n";
+
+    #[test]
+    fn under_truncate_only_thing_and_symbol_are_cut() {
+        let t = compile(&format!(
+            "{APP}[[templates]]\nevent = \"e\"\ntemplate_id = \"T\"\n[templates.data]\nthing1 = \"{{t}}\"\nsymbol2 = \"{{s}}\"\nname3 = \"{{n}}\"\nphrase4 = \"{{p}}\"\n"
+        ));
+        let tpl = t.get("e").unwrap();
+        let msg = tpl
+            .render(
+                "o",
+                &data(json!({"t": "一".repeat(25), "s": "!!!!!!!!"})),
+                None,
+                Overflow::Truncate,
+            )
+            .unwrap();
+        assert_eq!(msg.data["thing1"].value.chars().count(), 20);
+        assert_eq!(msg.data["symbol2"].value, "!!!!…");
+        // A name or phrase over its limit is refused, naming the key, its type and the limit.
+        let err = tpl
+            .render(
+                "o",
+                &data(json!({"n": "欧阳诸葛司马上官慕容长名"})),
+                None,
+                Overflow::Truncate,
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.0,
+            "data key `name3` (name) is 12 characters, the limit is 10 (policy.overflow = \"truncate\" cuts only thing and symbol values)"
+        );
+        let err = tpl
+            .render(
+                "o",
+                &data(json!({"p": "配送中已完成"})),
+                None,
+                Overflow::Truncate,
+            )
+            .unwrap_err();
+        assert!(
+            err.0
+                .contains("`phrase4` (phrase) is 6 characters, the limit is 5"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn enum_keys_take_only_the_listed_values() {
+        let t = compile(&format!(
+            "{APP}[[templates]]\nevent = \"e\"\ntemplate_id = \"T\"\n[templates.data]\nenum_string2 = \"{{room}}\"\n[templates.enums]\nenum_string2 = [\"客厅\", \"餐厅\"]\n"
+        ));
+        let tpl = t.get("e").unwrap();
+        let msg = tpl
+            .render(
+                "o",
+                &data(json!({"room": "客厅"})),
+                None,
+                Overflow::Truncate,
+            )
+            .unwrap();
+        assert_eq!(msg.data["enum_string2"].value, "客厅");
+        let err = tpl
+            .render(
+                "o",
+                &data(json!({"room": "阁楼"})),
+                None,
+                Overflow::Truncate,
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.0,
+            "data key `enum_string2` (enum) is not one of the template's enum values (客厅, 餐厅)"
+        );
+        assert_eq!(
+            tpl.enum_values("enum_string2"),
+            Some(&["客厅".to_owned(), "餐厅".to_owned()][..])
+        );
+    }
+
+    #[test]
+    fn an_enum_key_without_values_is_a_config_problem() {
+        let text = format!(
+            "{APP}[[templates]]\nevent = \"e\"\ntemplate_id = \"T\"\n[templates.data]\nenum1 = \"{{v}}\"\nthing2 = \"{{v}}\"\n[templates.enums]\nthing2 = [\"a\"]\n"
+        );
+        let loaded = crate::config::load_str(&text, "t.toml".as_ref(), vec![]).unwrap();
+        let problems: Vec<String> = loaded
+            .problems()
+            .iter()
+            .map(|p| p.message.clone())
+            .collect();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("`enum1` is an enum: list its allowed values")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("only enum keys")),
+            "{problems:?}"
+        );
+        assert!(Templates::compile(&loaded.config).is_err());
     }
 }

@@ -12,6 +12,16 @@
 //! character; times are `HH:MM` or `HH:MM:SS`; dates are `y年m月d日`, `y年m月`, `m月d日` or the
 //! same joined by `-`, `/` or `.` (2018-01-01, 2018/01/01, 2018.01.01, 2018-01, 01-01).
 //!
+//! `enum.DATA` ("只能上传枚举值范围内的字段值"): the value must be one of the template's listed
+//! values. WeChat's own templates name such keys `enum_string2` (getTemplateList's example,
+//! <https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/mp-message-management/subscribe-message/getTemplateList.html>),
+//! so both `enum` and `enum_string` are the enum type. The list is the template's
+//! (`keywordEnumValueList`), given in the config as `[templates.enums]`; [`check_enum`]
+//! checks a value against it.
+//!
+//! Under `policy.overflow = "truncate"` only `thing` and `symbol` are cut (see
+//! [`KeyType::truncatable`]); every other type over its limit is refused.
+//!
 //! The emulator (`crates/mock-wechat`) has its own reading of the same documentation, written
 //! separately; `tests/agreement.rs` checks on random values that the two agree.
 
@@ -32,6 +42,8 @@ pub enum KeyType {
     Amount,
     Time,
     Date,
+    /// `enum` / `enum_string`: one of the template's listed values.
+    Enum,
 }
 
 /// Why a value breaks its key's rule.
@@ -45,6 +57,9 @@ pub enum ValueError {
     BadCharacter(char),
     /// The value is not in the type's format (e.g. an amount that is not a number).
     BadFormat(&'static str),
+    /// An enum key's value that is not one of the template's values (`allowed`: a preview
+    /// of the list, for the reason).
+    NotInEnum { allowed: String },
 }
 
 impl fmt::Display for ValueError {
@@ -56,6 +71,9 @@ impl fmt::Display for ValueError {
             ValueError::Empty => f.write_str("is empty"),
             ValueError::BadCharacter(c) => write!(f, "contains a character not allowed: {c:?}"),
             ValueError::BadFormat(expected) => write!(f, "is not {expected}"),
+            ValueError::NotInEnum { allowed } => {
+                write!(f, "is not one of the template's enum values ({allowed})")
+            }
         }
     }
 }
@@ -74,6 +92,8 @@ const NAMES: &[(&str, KeyType)] = &[
     ("amount", KeyType::Amount),
     ("time", KeyType::Time),
     ("date", KeyType::Date),
+    ("enum", KeyType::Enum),
+    ("enum_string", KeyType::Enum),
 ];
 
 /// The longest `time` or `date` value the documented formats allow: two points of
@@ -121,20 +141,17 @@ impl KeyType {
             KeyType::PhoneNumber => 17,
             KeyType::CarNumber => 8,
             KeyType::Name => 10,
-            KeyType::Amount => usize::MAX,
+            KeyType::Amount | KeyType::Enum => usize::MAX,
             KeyType::Time | KeyType::Date => LONGEST_TIME_OR_DATE,
         }
     }
 
-    /// Whether an over-long value may be shortened under `policy.overflow = "truncate"`.
-    /// Cutting a number, amount, date, phone number or an identifier (letter,
-    /// character_string: order numbers, codes) would change its meaning, so those are always
-    /// rejected instead.
+    /// Whether an over-long value may be shortened under `policy.overflow = "truncate"`:
+    /// only free text (`thing`) and `symbol`. Cutting a number, amount, date, phone number or
+    /// an identifier would change its meaning; a cut `name` is another person's name and a
+    /// cut `phrase` ("5个以内纯汉字", e.g. 配送中) another phrase. Those are refused instead.
     pub fn truncatable(self) -> bool {
-        matches!(
-            self,
-            KeyType::Thing | KeyType::Symbol | KeyType::Name | KeyType::Phrase
-        )
+        matches!(self, KeyType::Thing | KeyType::Symbol)
     }
 
     /// The limit that applies to this particular value.
@@ -216,6 +233,8 @@ impl KeyType {
                 is_range_of(value, is_date_point),
                 "a date such as 2026-11-24, 2026/11/24, 2026.11.24 or 2026年11月24日, or a range a~b",
             ),
+            // enum: which values are allowed is the template's list ([`check_enum`]).
+            KeyType::Enum => Ok(()),
         }
     }
 
@@ -237,6 +256,20 @@ impl KeyType {
             value.chars().take(max).collect()
         }
     }
+}
+
+/// An enum key's value against the template's list: "只能上传枚举值范围内的字段值".
+pub fn check_enum(value: &str, allowed: &[String]) -> Result<(), ValueError> {
+    if allowed.iter().any(|a| a == value) {
+        return Ok(());
+    }
+    let mut preview: Vec<&str> = allowed.iter().take(5).map(String::as_str).collect();
+    if allowed.len() > preview.len() {
+        preview.push("…");
+    }
+    Err(ValueError::NotInEnum {
+        allowed: preview.join(", "),
+    })
 }
 
 /// 汉字: CJK Unified Ideographs with extensions A to I, and the compatibility ideographs.
@@ -393,6 +426,8 @@ mod tests {
         );
         assert_eq!(KeyType::of_key("time3"), Some(KeyType::Time));
         assert_eq!(KeyType::of_key("colour2"), None);
+        assert_eq!(KeyType::of_key("enum1"), Some(KeyType::Enum));
+        assert_eq!(KeyType::of_key("enum_string2"), Some(KeyType::Enum));
     }
 
     #[test]
@@ -555,5 +590,49 @@ mod tests {
         assert!(KeyType::Name.check(&KeyType::Name.truncate(latin)).is_ok());
         assert_eq!(KeyType::Phrase.truncate("一二三四五六七"), "一二三四五");
         assert_eq!(KeyType::Symbol.truncate("!!!!!!!"), "!!!!…");
+    }
+
+    #[test]
+    fn only_thing_and_symbol_are_truncatable() {
+        // A cut thing or symbol keeps its kind of meaning; a cut name, phrase (e.g. the
+        // documented 配送中), number, amount, date or identifier does not.
+        for (name, kind) in NAMES {
+            assert_eq!(
+                kind.truncatable(),
+                matches!(kind, KeyType::Thing | KeyType::Symbol),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn enum_values_come_from_the_template_list() {
+        // getTemplateList's example: enum_string2 takes 客厅, 餐厅, … 其他房间.
+        let allowed: Vec<String> = ["客厅", "餐厅", "厨房", "卧室", "主卧", "次卧"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(check_enum("客厅", &allowed), Ok(()));
+        let err = check_enum("阁楼", &allowed).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "is not one of the template's enum values (客厅, 餐厅, 厨房, 卧室, 主卧, …)"
+        );
+        assert_eq!(KeyType::Enum.check(""), Err(ValueError::Empty));
+    }
+
+    #[test]
+    fn documented_examples_are_accepted() {
+        // The "说明" column's own examples on subscribeMessage.send.
+        for (kind, example) in [
+            (KeyType::Time, "15:01"),
+            (KeyType::Time, "2019年10月1日 15:01"),
+            (KeyType::Date, "2019年10月1日"),
+            (KeyType::Date, "2019年10月1日 15:01"),
+            (KeyType::PhoneNumber, "+86-0766-66888866"),
+            (KeyType::CarNumber, "粤A8Z888挂"),
+            (KeyType::Phrase, "配送中"),
+        ] {
+            assert_eq!(kind.check(example), Ok(()), "{kind:?} {example}");
+        }
     }
 }

@@ -31,7 +31,7 @@ use crate::store::token_record::{self, NewToken};
 pub use crate::store::token_record::{TokenInfo, TokenSource};
 use crate::store::{Keys, StoreError};
 use crate::wechat::client::{AccessToken, CallError, WechatClient};
-use crate::wechat::errcode::{Action, ErrorClass, action_of, classify_call};
+use crate::wechat::errcode::{Action, ErrorClass, action_of_token_fetch, classify_token_fetch_call};
 
 /// Why no token could be had.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -244,6 +244,13 @@ impl TokenStore {
     /// fresh.
     pub async fn get(&self, app: &str) -> Result<AccessToken, TokenError> {
         Ok(self.info(app, None).await?.token)
+    }
+
+    /// The app's token if this process already holds a fresh one; never fetches (for
+    /// background work that must not add token fetches of its own).
+    pub fn cached(&self, app: &str) -> Option<AccessToken> {
+        let slot = self.slot(app).ok()?;
+        self.local(slot, None).map(|info| info.token)
     }
 
     /// Like [`get`](Self::get), with the token's timing and origin (for `wxpush token`).
@@ -518,7 +525,7 @@ impl TokenStore {
             }
             Err(error) => {
                 count("error");
-                return Err(match (classify_call(&error), &error) {
+                return Err(match (classify_token_fetch_call(&error), &error) {
                     (ErrorClass::Credential, CallError::WeChat { errcode, errmsg }) => {
                         TokenError::Credential {
                             app: slot.name.clone(),
@@ -528,7 +535,7 @@ impl TokenStore {
                         }
                     }
                     (_, CallError::WeChat { errcode, errmsg })
-                        if action_of(&error) == Action::WaitForQuota =>
+                        if action_of_token_fetch(&error) == Action::WaitForQuota =>
                     {
                         TokenError::Quota {
                             app: slot.name.clone(),

@@ -1,64 +1,68 @@
-//! The one table that says what a WeChat answer means for a message.
+//! The one table that says what a WeChat answer means: its class and what the worker does.
 //!
-//! Retries, dead letters, the credential breaker and metrics all read [`classify`] and
-//! [`ErrorClass::action`]; nothing
-//! else in the crate matches on raw errcodes. Classification is kept apart from transport
-//! (see `client.rs`): the client reports what happened, this module decides what it means.
+//! Retries, dead letters, the credential breaker, the quota park and metrics all read this
+//! module ([`classify`], [`classify_token_fetch`], [`action_of`]); nothing else in the crate
+//! matches on raw errcodes. Classification is kept apart from transport (see `client.rs`):
+//! the client reports what happened, this module decides what it means.
+//!
+//! Each row cites the WeChat documentation page it comes from. One errcode means two things
+//! depending on the call: `40001` on a call that carried a token is a stale token, but on a
+//! token fetch it means the AppSecret is wrong (getAccessToken's and the global return-code
+//! page's "获取 access_token 时 AppSecret 错误，或者 access_token 无效"). The token fetch's
+//! meanings are the small [`TOKEN_FETCH`] table, read before the main one.
 
 use std::fmt;
 
 use super::client::CallError;
 
-/// What kind of failure a WeChat answer is, and so what the worker does with the message.
+/// What kind of failure a WeChat answer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorClass {
     /// The access_token is stale: invalidate exactly that token, refresh, retry at once.
     Token,
-    /// Worth retrying later with backoff (system busy, rate limits, 5xx, timeouts).
+    /// Worth retrying later with backoff (system busy, 5xx, timeouts, connection errors).
     Transient,
+    /// An app-wide limit (daily quota, minute rate): not the message's fault; it never
+    /// spends a message's attempts and is never a dead letter.
+    Limits,
     /// Can never succeed as sent: dead letter.
     Permanent,
     /// The user has no subscription left (43101): handled by `policy.on_refused`.
     Refused,
     /// The app itself is misconfigured: stop consuming its events, never dead-letter them.
     Credential,
-    /// The app's own limits (daily quota, minute rate): hold the app's sends, never spend a
-    /// message's attempts, never dead-letter.
-    Limits,
     /// An errcode this table does not know: retried like a transient error, then dead-lettered.
     Unknown,
 }
 
 impl ErrorClass {
+    /// Every class, in the order the documentation lists them.
+    pub const ALL: &[ErrorClass] = &[
+        ErrorClass::Token,
+        ErrorClass::Transient,
+        ErrorClass::Limits,
+        ErrorClass::Permanent,
+        ErrorClass::Refused,
+        ErrorClass::Credential,
+        ErrorClass::Unknown,
+    ];
+
     /// The stable name used in dead-letter headers, logs and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorClass::Token => "token",
             ErrorClass::Transient => "transient",
+            ErrorClass::Limits => "limits",
             ErrorClass::Permanent => "permanent",
             ErrorClass::Refused => "refused",
             ErrorClass::Credential => "credential",
-            ErrorClass::Limits => "limits",
             ErrorClass::Unknown => "unknown",
-        }
-    }
-
-    /// What a failure of this class means for the message. This is the meaning; how the
-    /// configured policies apply it to one message is `worker::disposition::after_failure`.
-    pub fn action(self) -> Action {
-        match self {
-            ErrorClass::Token => Action::RefreshTokenAndRetry,
-            ErrorClass::Transient | ErrorClass::Unknown => Action::RetryLater,
-            ErrorClass::Permanent => Action::DeadLetter,
-            ErrorClass::Refused => Action::ApplyRefusedPolicy,
-            ErrorClass::Credential => Action::ParkApp,
-            // Which limit it is is the errcode's: see `action_of`.
-            ErrorClass::Limits => Action::WaitForQuota,
         }
     }
 }
 
-/// What the worker does about a failed call, by its [`ErrorClass`].
+/// What the worker does about a failed call. Each row of the table carries its own action
+/// (the two `limits` rows differ); [`action_of`] is the one way to read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     /// Invalidate exactly the token that failed, refresh under the lock, retry at once
@@ -66,24 +70,18 @@ pub enum Action {
     RefreshTokenAndRetry,
     /// Retry later with backoff; dead-letter once `retry.max_attempts` are spent.
     RetryLater,
+    /// 45009, the daily quota is used up: park the app's sends until the quota comes back
+    /// (00:00 China time or an operator's `clear_quota`). No attempt spent, never a dead letter.
+    WaitForQuota,
+    /// 45011, the minute rate is reached: hold the app's sends until the next minute.
+    /// No attempt spent, never a dead letter.
+    WaitForNextMinute,
     /// Never deliverable: dead letter.
     DeadLetter,
     /// The user has no subscription left: `policy.on_refused`.
     ApplyRefusedPolicy,
     /// The app is misconfigured: park its events (no attempt spent, never a dead letter).
     ParkApp,
-    /// The app's daily quota is used up (45009): hold its sends fleet-wide until it is back.
-    WaitForQuota,
-    /// The app's minute rate is reached (45011): hold its sends until the next minute.
-    WaitForNextMinute,
-}
-
-/// What a failed call means for the message: the one function the worker asks.
-pub fn action_of(error: &CallError) -> Action {
-    match error {
-        CallError::WeChat { errcode: 45011, .. } => Action::WaitForNextMinute,
-        other => classify_call(other).action(),
-    }
 }
 
 impl fmt::Display for ErrorClass {
@@ -92,50 +90,242 @@ impl fmt::Display for ErrorClass {
     }
 }
 
-/// errcode → (class, what it means). Sources: WeChat's subscribe/send, token and
-/// jscode2session documentation.
-const TABLE: &[(i64, ErrorClass, &str)] = &[
-    (-1, ErrorClass::Transient, "system busy"),
-    (
+/// One errcode: its class, the worker's action, what it means, and the page that says so.
+#[derive(Debug, Clone, Copy)]
+pub struct Row {
+    pub errcode: i64,
+    pub class: ErrorClass,
+    pub action: Action,
+    pub meaning: &'static str,
+    pub source: &'static str,
+}
+
+// The documentation pages the rows cite.
+/// The global return codes (通用错误码), also listing each code's errmsg.
+const GLOBAL: &str = "https://developers.weixin.qq.com/doc/oplatform/developers/errCode/";
+/// The same codes with WeChat's errmsg and advice, e.g. 45009 "reach max api daily quota
+/// limit … 用完后可通过clear_quota进行清空", 45011 "api minute-quota reach limit must slower
+/// retry next minute", 47001 "data format error", 48001 "api unauthorized", 48004 "api
+/// forbidden for irregularities", 50002 "user limited", 61004 "access clientip is not
+/// registered, not in ip-white-list".
+const COMMON: &str = "https://developers.weixin.qq.com/doc/channels/API/basics/commErrCode.html";
+/// subscribeMessage.send: 40003, 40037, 43101, 47003, 41030.
+const SEND: &str = "https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/mp-message-management/subscribe-message/sendMessage.html";
+/// getAccessToken: 40013, 40125, 40164, and 40243 ("AppSecret冻结后 … 接口返回错误码 40243").
+const GET_TOKEN: &str = "https://developers.weixin.qq.com/miniprogram/dev/server/API/mp-access-token/api_getaccesstoken.html";
+/// code2Session: 40029 "code 无效", 40226 "code blocked 高风险等级用户，小程序登录拦截".
+const CODE2SESSION: &str =
+    "https://developers.weixin.qq.com/miniprogram/dev/server/API/user-login/api_code2session.html";
+/// The server-API troubleshooting page: 48001 is a token of the wrong account or an API the
+/// account has no permission for.
+const TROUBLESHOOTING: &str =
+    "https://developers.weixin.qq.com/doc/oplatform/developers/troubleshooting";
+
+const fn row(
+    errcode: i64,
+    class: ErrorClass,
+    action: Action,
+    meaning: &'static str,
+    source: &'static str,
+) -> Row {
+    Row {
+        errcode,
+        class,
+        action,
+        meaning,
+        source,
+    }
+}
+
+use Action as A;
+use ErrorClass as C;
+
+/// errcode → meaning, for every call but a token fetch (see [`TOKEN_FETCH`]).
+pub const TABLE: &[Row] = &[
+    row(-1, C::Transient, A::RetryLater, "system busy", GLOBAL),
+    // token: the call carried a token WeChat no longer takes.
+    row(
         40001,
-        ErrorClass::Token,
+        C::Token,
+        A::RefreshTokenAndRetry,
         "access_token invalid or not the latest",
+        GLOBAL,
     ),
-    (40014, ErrorClass::Token, "access_token malformed"),
-    (42001, ErrorClass::Token, "access_token expired"),
-    (45009, ErrorClass::Limits, "API daily quota reached"),
-    (45011, ErrorClass::Limits, "API minute rate limit reached"),
-    (40003, ErrorClass::Permanent, "invalid openid"),
-    (40037, ErrorClass::Permanent, "invalid template_id"),
-    (47003, ErrorClass::Permanent, "template data invalid"),
-    (41030, ErrorClass::Permanent, "invalid page"),
-    (40029, ErrorClass::Permanent, "invalid js_code"),
-    (40163, ErrorClass::Permanent, "js_code already used"),
-    (
+    row(
+        40014,
+        C::Token,
+        A::RefreshTokenAndRetry,
+        "access_token malformed",
+        GLOBAL,
+    ),
+    row(
+        42001,
+        C::Token,
+        A::RefreshTokenAndRetry,
+        "access_token expired",
+        GLOBAL,
+    ),
+    // limits: app-wide, not the message's fault.
+    row(
+        45009,
+        C::Limits,
+        A::WaitForQuota,
+        "API daily quota reached (back at 00:00 China time or after clear_quota)",
+        COMMON,
+    ),
+    row(
+        45011,
+        C::Limits,
+        A::WaitForNextMinute,
+        "API minute rate limit reached; retry next minute",
+        COMMON,
+    ),
+    // permanent: this message can never succeed.
+    row(40003, C::Permanent, A::DeadLetter, "invalid openid", SEND),
+    row(
+        40037,
+        C::Permanent,
+        A::DeadLetter,
+        "invalid template_id",
+        SEND,
+    ),
+    row(
+        47003,
+        C::Permanent,
+        A::DeadLetter,
+        "template data invalid",
+        SEND,
+    ),
+    row(
+        47001,
+        C::Permanent,
+        A::DeadLetter,
+        "request body is not valid JSON",
+        COMMON,
+    ),
+    row(41030, C::Permanent, A::DeadLetter, "invalid page", SEND),
+    row(
+        40029,
+        C::Permanent,
+        A::DeadLetter,
+        "invalid js_code",
+        CODE2SESSION,
+    ),
+    row(
+        40163,
+        C::Permanent,
+        A::DeadLetter,
+        "js_code already used",
+        GLOBAL,
+    ),
+    row(
+        40226,
+        C::Permanent,
+        A::DeadLetter,
+        "js_code blocked: high-risk user",
+        CODE2SESSION,
+    ),
+    row(
+        50002,
+        C::Permanent,
+        A::DeadLetter,
+        "user account limited",
+        COMMON,
+    ),
+    // refused: routine, `policy.on_refused`.
+    row(
         43101,
-        ErrorClass::Refused,
+        C::Refused,
+        A::ApplyRefusedPolicy,
         "user refused or has no subscription left",
+        SEND,
     ),
-    (40013, ErrorClass::Credential, "invalid appid"),
-    (40125, ErrorClass::Credential, "invalid appsecret"),
-    (
+    // credential: the app is misconfigured; park it.
+    row(40013, C::Credential, A::ParkApp, "invalid appid", GET_TOKEN),
+    row(
+        40125,
+        C::Credential,
+        A::ParkApp,
+        "invalid appsecret",
+        GET_TOKEN,
+    ),
+    row(
         40164,
-        ErrorClass::Credential,
+        C::Credential,
+        A::ParkApp,
         "caller IP not in the app's whitelist",
+        GET_TOKEN,
+    ),
+    row(
+        61004,
+        C::Credential,
+        A::ParkApp,
+        "caller IP not registered in the app's IP whitelist",
+        COMMON,
+    ),
+    row(
+        40243,
+        C::Credential,
+        A::ParkApp,
+        "AppSecret frozen: unfreeze it in the WeChat console",
+        GET_TOKEN,
+    ),
+    row(
+        48001,
+        C::Credential,
+        A::ParkApp,
+        "API not authorised for this app (or a token of another account)",
+        TROUBLESHOOTING,
+    ),
+    row(
+        48004,
+        C::Credential,
+        A::ParkApp,
+        "API banned for this app",
+        COMMON,
     ),
 ];
 
-/// The class of a non-zero errcode.
-pub fn classify(errcode: i64) -> ErrorClass {
+/// What a token fetch's errcode means where it differs from [`TABLE`]: the fetch carries
+/// the AppSecret, not a token, so `40001` there is a wrong AppSecret.
+pub const TOKEN_FETCH: &[Row] = &[row(
+    40001,
+    C::Credential,
+    A::ParkApp,
+    "AppSecret wrong (40001 on a token fetch)",
+    GET_TOKEN,
+)];
+
+/// How an errcode this table does not know is treated.
+const UNKNOWN: Row = row(0, C::Unknown, A::RetryLater, "unknown errcode", GLOBAL);
+
+fn lookup(errcode: i64) -> &'static Row {
     TABLE
         .iter()
-        .find(|(code, _, _)| *code == errcode)
-        .map_or(ErrorClass::Unknown, |(_, class, _)| *class)
+        .find(|row| row.errcode == errcode)
+        .unwrap_or(&UNKNOWN)
 }
 
-/// The class of a failed call: WeChat's errcode through the table, transport failures by kind.
-/// A timeout is transient here; whether it is also *ambiguous* (WeChat may have acted) is
-/// [`is_ambiguous`]'s question.
+fn lookup_token_fetch(errcode: i64) -> &'static Row {
+    TOKEN_FETCH
+        .iter()
+        .find(|row| row.errcode == errcode)
+        .unwrap_or_else(|| lookup(errcode))
+}
+
+/// The class of a non-zero errcode answered by a call that carried an access_token.
+pub fn classify(errcode: i64) -> ErrorClass {
+    lookup(errcode).class
+}
+
+/// The class of a non-zero errcode answered by a token fetch (stable or classic).
+pub fn classify_token_fetch(errcode: i64) -> ErrorClass {
+    lookup_token_fetch(errcode).class
+}
+
+/// The class of a failed call that carried a token: WeChat's errcode through the table,
+/// transport failures by kind. A timeout is transient here; whether it is also *ambiguous*
+/// (WeChat may have acted) is [`is_ambiguous`]'s question.
 pub fn classify_call(error: &CallError) -> ErrorClass {
     match error {
         CallError::WeChat { errcode, .. } => classify(*errcode),
@@ -143,6 +333,34 @@ pub fn classify_call(error: &CallError) -> ErrorClass {
         | CallError::Timeout
         | CallError::Connect(_)
         | CallError::Broken(_) => ErrorClass::Transient,
+    }
+}
+
+/// The class of a failed token fetch (see [`classify_token_fetch`]).
+pub fn classify_token_fetch_call(error: &CallError) -> ErrorClass {
+    match error {
+        CallError::WeChat { errcode, .. } => classify_token_fetch(*errcode),
+        other => classify_call(other),
+    }
+}
+
+/// What the worker does about a failed call that carried a token: the errcode's row, or
+/// [`Action::RetryLater`] for a transport failure. The one place the worker asks.
+pub fn action_of(error: &CallError) -> Action {
+    match error {
+        CallError::WeChat { errcode, .. } => lookup(*errcode).action,
+        CallError::Http { .. }
+        | CallError::Timeout
+        | CallError::Connect(_)
+        | CallError::Broken(_) => Action::RetryLater,
+    }
+}
+
+/// What the worker does about a failed token fetch (`40001` parks the app there).
+pub fn action_of_token_fetch(error: &CallError) -> Action {
+    match error {
+        CallError::WeChat { errcode, .. } => lookup_token_fetch(*errcode).action,
+        other => action_of(other),
     }
 }
 
@@ -166,46 +384,129 @@ pub fn outcome_label(error: &CallError) -> &'static str {
 
 /// A short human explanation of an errcode, for logs and dead-letter reasons.
 pub fn describe(errcode: i64) -> &'static str {
-    TABLE
-        .iter()
-        .find(|(code, _, _)| *code == errcode)
-        .map_or("unknown errcode", |(_, _, text)| text)
+    lookup(errcode).meaning
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn contract_classes() {
-        for code in [40001, 40014, 42001] {
-            assert_eq!(classify(code), ErrorClass::Token, "{code}");
-        }
-        assert_eq!(classify(-1), ErrorClass::Transient);
-        for code in [45009, 45011] {
-            assert_eq!(classify(code), ErrorClass::Limits, "{code}");
-        }
-        let wechat = |errcode| CallError::WeChat {
+    fn wechat(errcode: i64) -> CallError {
+        CallError::WeChat {
             errcode,
             errmsg: String::new(),
-        };
-        assert_eq!(action_of(&wechat(45009)), Action::WaitForQuota);
-        assert_eq!(action_of(&wechat(45011)), Action::WaitForNextMinute);
-        for code in [40003, 40037, 47003, 41030] {
-            assert_eq!(classify(code), ErrorClass::Permanent, "{code}");
         }
-        assert_eq!(classify(43101), ErrorClass::Refused);
-        for code in [40013, 40125, 40164] {
-            assert_eq!(classify(code), ErrorClass::Credential, "{code}");
+    }
+
+    /// The contract's list (CONTRACT.md §2, issue 11), written out apart from the table:
+    /// errcode, class and action on a call that carried a token.
+    const EXPECTED: &[(i64, ErrorClass, Action)] = &[
+        (-1, C::Transient, A::RetryLater),
+        (40001, C::Token, A::RefreshTokenAndRetry),
+        (40014, C::Token, A::RefreshTokenAndRetry),
+        (42001, C::Token, A::RefreshTokenAndRetry),
+        (45009, C::Limits, A::WaitForQuota),
+        (45011, C::Limits, A::WaitForNextMinute),
+        (40003, C::Permanent, A::DeadLetter),
+        (40037, C::Permanent, A::DeadLetter),
+        (47003, C::Permanent, A::DeadLetter),
+        (47001, C::Permanent, A::DeadLetter),
+        (41030, C::Permanent, A::DeadLetter),
+        (40029, C::Permanent, A::DeadLetter),
+        (40163, C::Permanent, A::DeadLetter),
+        (40226, C::Permanent, A::DeadLetter),
+        (50002, C::Permanent, A::DeadLetter),
+        (43101, C::Refused, A::ApplyRefusedPolicy),
+        (40013, C::Credential, A::ParkApp),
+        (40125, C::Credential, A::ParkApp),
+        (40164, C::Credential, A::ParkApp),
+        (61004, C::Credential, A::ParkApp),
+        (40243, C::Credential, A::ParkApp),
+        (48001, C::Credential, A::ParkApp),
+        (48004, C::Credential, A::ParkApp),
+    ];
+
+    #[test]
+    fn every_errcode_has_its_class_and_action() {
+        for &(code, class, action) in EXPECTED {
+            assert_eq!(classify(code), class, "class of {code}");
+            assert_eq!(classify_call(&wechat(code)), class, "call class of {code}");
+            assert_eq!(action_of(&wechat(code)), action, "action of {code}");
         }
+    }
+
+    #[test]
+    fn the_table_has_no_row_the_contract_does_not_name_and_each_cites_a_page() {
+        for row in TABLE {
+            assert!(
+                EXPECTED.iter().any(|&(code, ..)| code == row.errcode),
+                "row {} is not in the expected list",
+                row.errcode
+            );
+            assert!(
+                row.source.starts_with("https://developers.weixin.qq.com/"),
+                "row {} cites {}",
+                row.errcode,
+                row.source
+            );
+            assert!(!row.meaning.is_empty());
+        }
+        let mut codes: Vec<i64> = TABLE.iter().map(|r| r.errcode).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), TABLE.len(), "an errcode appears twice");
+    }
+
+    #[test]
+    fn the_two_limits_differ_in_action() {
+        assert_eq!(classify(45009), ErrorClass::Limits);
+        assert_eq!(classify(45011), ErrorClass::Limits);
+        assert_eq!(ErrorClass::Limits.as_str(), "limits");
+        assert_ne!(action_of(&wechat(45009)), action_of(&wechat(45011)));
+    }
+
+    #[test]
+    fn a_token_fetch_reads_40001_as_a_wrong_secret() {
+        assert_eq!(classify(40001), ErrorClass::Token);
+        assert_eq!(classify_token_fetch(40001), ErrorClass::Credential);
+        assert_eq!(
+            classify_token_fetch_call(&wechat(40001)),
+            ErrorClass::Credential
+        );
+        assert_eq!(action_of_token_fetch(&wechat(40001)), Action::ParkApp);
+        // Everything else means on a fetch what it means anywhere.
+        for &(code, class, action) in EXPECTED.iter().filter(|(code, ..)| *code != 40001) {
+            assert_eq!(classify_token_fetch(code), class, "fetch class of {code}");
+            assert_eq!(
+                action_of_token_fetch(&wechat(code)),
+                action,
+                "fetch action of {code}"
+            );
+        }
+        assert_eq!(
+            classify_token_fetch_call(&CallError::Timeout),
+            ErrorClass::Transient
+        );
+    }
+
+    #[test]
+    fn unknown_errcodes_and_transport_failures_retry_later() {
         assert_eq!(classify(99999), ErrorClass::Unknown);
-        assert_eq!(classify(99999).action(), Action::RetryLater);
-        assert_eq!(classify(-1).action(), Action::RetryLater);
-        assert_eq!(classify(40003).action(), Action::DeadLetter);
-        assert_eq!(classify(40001).action(), Action::RefreshTokenAndRetry);
-        assert_eq!(classify(43101).action(), Action::ApplyRefusedPolicy);
-        assert_eq!(classify(40125).action(), Action::ParkApp);
-        assert_eq!(classify_call(&CallError::Timeout), ErrorClass::Transient);
+        assert_eq!(action_of(&wechat(99999)), Action::RetryLater);
+        assert_eq!(describe(99999), "unknown errcode");
+        for error in [
+            CallError::Timeout,
+            CallError::Connect("refused".into()),
+            CallError::Broken("reset".into()),
+            CallError::Http { status: 502 },
+        ] {
+            assert_eq!(classify_call(&error), ErrorClass::Transient, "{error}");
+            assert_eq!(action_of(&error), Action::RetryLater, "{error}");
+        }
+    }
+
+    #[test]
+    fn ambiguity_is_about_answers_never_had() {
         assert!(is_ambiguous(&CallError::Timeout));
         assert!(!is_ambiguous(&CallError::Connect("refused".into())));
         for status in [502, 503, 504] {
@@ -214,9 +515,14 @@ mod tests {
         for status in [500, 501, 505, 429] {
             assert!(!is_ambiguous(&CallError::Http { status }), "{status}");
         }
-        assert_eq!(
-            classify_call(&CallError::Http { status: 502 }),
-            ErrorClass::Transient
-        );
+        assert!(!is_ambiguous(&wechat(45009)));
+    }
+
+    #[test]
+    fn every_class_has_a_distinct_name() {
+        let mut names: Vec<&str> = ErrorClass::ALL.iter().map(|c| c.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorClass::ALL.len());
     }
 }

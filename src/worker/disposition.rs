@@ -1,7 +1,7 @@
 //! The fate of a message, and the one place that turns a failure into a fate.
 //!
 //! `handle.rs` and `send.rs` decide; `settle.rs` carries the [`Disposition`] out. What a
-//! WeChat errcode *means* is the errcode table's ([`ErrorClass::action`]); what that
+//! WeChat errcode *means* is the errcode table's ([`crate::wechat::errcode::action_of`]); what that
 //! meaning does to *this* message under the configured policies is [`after_failure`] here,
 //! and `policy.on_ambiguous` is [`on_ambiguous`] here. Nothing else decides either.
 

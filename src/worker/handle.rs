@@ -230,7 +230,7 @@ pub(super) async fn token_failure(
                 ctx,
                 app,
                 attempts,
-                ErrorClass::Credential.action(),
+                Action::ParkApp,
                 failure,
                 true,
             )

@@ -141,6 +141,17 @@ impl Worker {
             "wxpush worker starting"
         );
         let task = tokio::spawn(supervise(ctx.clone(), stop.clone()));
+        // The configured templates against the account's, in the background: WeChat may be
+        // unreachable at start, and a mismatch is logged, never a reason to stop.
+        tokio::spawn({
+            let (ctx, stop) = (ctx.clone(), stop.clone());
+            async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = crate::template::remote::check_and_log(&ctx.templates, &ctx.tokens, &ctx.client) => {}
+                }
+            }
+        });
         Ok(Worker {
             admin_addr,
             ctx,

@@ -46,9 +46,11 @@
 //!   date and one space; a date may be followed by one space and a time. In a range the `~`
 //!   may have one space on either side.
 //! - Empty values are refused (WeChat answers 47003 "data.<key>.value is empty").
-//! - Enum keys (`enum_string2`) have no value rule here: their values come from the
-//!   template's own list, so subscribe/send checks them against the registered template
-//!   (`templates.rs`). Without one, an enum key is refused like an unknown type.
+//! - `enum.DATA` | 枚举值 | 只能上传枚举值范围内的字段值 | 调用接口获取参考枚举值: a documented
+//!   type whose values are the template's own list (getTemplateList's `keywordEnumValueList`;
+//!   its example names such keys `enum_string2`, so `enum` and `enum_string` are both this
+//!   type). [`accepts`] knows the key and refuses an empty value; whether a value is on the
+//!   list is [`accepts_enum`]'s question, asked by whoever holds the template's list.
 
 use std::fmt;
 
@@ -71,6 +73,8 @@ pub enum Reason {
     },
     /// Not in the type's documented format; says which format.
     Format(&'static str),
+    /// An enum key's value that is not on the template's list.
+    NotListed,
 }
 
 impl fmt::Display for Reason {
@@ -85,6 +89,7 @@ impl fmt::Display for Reason {
                 write!(f, "{found:?} at character {position} is not allowed")
             }
             Reason::Format(format) => write!(f, "not {format}"),
+            Reason::NotListed => f.write_str("not one of the template's enum values"),
         }
     }
 }
@@ -187,6 +192,18 @@ const KEY_TYPES: &[KeyType] = &[
         length: Length::Chars(5),
         content: chinese,
     },
+    // enum.DATA | 枚举值 | 只能上传枚举值范围内的字段值 | 调用接口获取参考枚举值
+    KeyType {
+        name: "enum",
+        length: Length::ByFormat,
+        content: listed,
+    },
+    // The same type as WeChat's templates name it (getTemplateList: {{enum_string2.DATA}}).
+    KeyType {
+        name: "enum_string",
+        length: Length::ByFormat,
+        content: listed,
+    },
 ];
 
 /// The documented type a key belongs to: the key without its trailing number
@@ -220,6 +237,21 @@ pub fn accepts(key: &str, value: &str) -> Result<(), Reason> {
         return Err(Reason::TooLong { chars, limit });
     }
     (key_type.content)(value)
+}
+
+/// An enum key's value against the template's list ("只能上传枚举值范围内的字段值").
+pub fn accepts_enum(value: &str, allowed: &[&str]) -> Result<(), Reason> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(Reason::NotListed)
+    }
+}
+
+/// An enum value's content: which values are allowed is the template's list, checked by
+/// [`accepts_enum`] where the list is known; the type itself takes any non-empty value.
+fn listed(_value: &str) -> Result<(), Reason> {
+    Ok(())
 }
 
 // ----- character classes -----
@@ -546,7 +578,8 @@ mod tests {
         assert!(is_known_key("character_string12"));
         assert!(is_known_key("number01"));
         assert!(!is_known_key("colour1"));
-        assert!(!is_known_key("enum1"));
+        assert!(is_known_key("enum1"));
+        assert!(is_known_key("enum_string2"));
         assert_eq!(accepts("colour1", "red"), Err(Reason::UnknownType));
     }
 

@@ -224,7 +224,28 @@ fn cases() -> Vec<Case> {
         refused("phrase1", "配送中!", "a symbol"),
         // A key that names no type.
         refused("colour1", "red", "no such type"),
+        // enum.DATA | 枚举值 | 只能上传枚举值范围内的字段值: a documented type, named
+        // enum_string in getTemplateList's example; the list is the template's.
+        ok(
+            "enum_string2",
+            "客厅",
+            "an enum value (getTemplateList's example)",
+        ),
+        ok("enum1", "a", "the table's own name for the type"),
+        refused("enum_string2", "", "empty"),
     ]
+}
+
+/// getTemplateList's example: `enum_string2` takes only its template's
+/// `keywordEnumValueList` (客厅, 餐厅, … 其他房间).
+#[test]
+fn enum_values_are_the_templates_list() {
+    use wxpush_mock_wechat::value_rules::{Reason, accepts_enum};
+    let rooms = ["客厅", "餐厅", "厨房", "卧室", "其他房间"];
+    assert_eq!(accepts_enum("客厅", &rooms), Ok(()));
+    assert_eq!(accepts_enum("其他房间", &rooms), Ok(()));
+    assert_eq!(accepts_enum("阁楼", &rooms), Err(Reason::NotListed));
+    assert_eq!(accepts_enum("客厅 ", &rooms), Err(Reason::NotListed));
 }
 
 #[test]
