@@ -56,7 +56,6 @@ fn row(stdout: &str) -> Vec<u64> {
 }
 
 #[tokio::test]
-#[ignore = "needs emulator quota endpoints (emu-limits)"]
 async fn quota_shows_todays_subscribe_send_counts_and_clear_resets_them() {
     let app = TestApp::start("quota").await;
     send_directly(&app, 3).await;

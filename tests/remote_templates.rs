@@ -36,7 +36,6 @@ fn register_mismatching(app: &TestApp) {
 }
 
 #[tokio::test]
-#[ignore = "needs emulator gettemplate (emu-limits)"]
 async fn check_remote_passes_when_every_template_matches() {
     let app = TestApp::start("remote-ok").await;
     register_matching(&app);
@@ -50,7 +49,6 @@ async fn check_remote_passes_when_every_template_matches() {
 }
 
 #[tokio::test]
-#[ignore = "needs emulator gettemplate (emu-limits)"]
 async fn check_remote_names_a_wrong_key_and_a_wrong_template_id() {
     let app = TestApp::start("remote-bad").await;
     register_mismatching(&app);
@@ -82,7 +80,6 @@ async fn check_remote_names_a_wrong_key_and_a_wrong_template_id() {
 }
 
 #[tokio::test]
-#[ignore = "needs emulator gettemplate (emu-limits)"]
 async fn templates_prints_a_ready_stub_for_each_account_template() {
     let app = TestApp::start("templates").await;
     register_matching(&app);
@@ -97,7 +94,6 @@ async fn templates_prints_a_ready_stub_for_each_account_template() {
 }
 
 #[tokio::test]
-#[ignore = "needs emulator gettemplate (emu-limits)"]
 async fn run_logs_each_mismatch_and_keeps_running() {
     let app = TestApp::start("remote-run").await;
     register_mismatching(&app);
