@@ -86,7 +86,7 @@ mod tests {
         assert_eq!(rate.interval(), Duration::from_micros(5_250));
         assert_eq!(
             "6000/m".parse::<Rate>().unwrap().interval(),
-            Duration::from_micros(10_008)
+            Duration::from_nanos(10_008_333)
         );
         assert_eq!(
             "50/500ms".parse::<Rate>().unwrap().interval(),
