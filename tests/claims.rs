@@ -63,6 +63,8 @@ async fn claim_replayed(
         replayed,
         seen_before,
         loss_window: WINDOW,
+        event_type: "order.paid",
+        app: "default",
     };
     claims::claim(c, &request).await.unwrap()
 }
@@ -149,7 +151,7 @@ async fn a_stale_task_cannot_touch_a_newer_claim() {
         "a lapsed claim may have been sent"
     );
 
-    claims::mark_failed(&mut c, &keys.event, &stale, "40003")
+    claims::mark_failed(&mut c, &keys.event, &stale, "40003", "permanent")
         .await
         .unwrap();
     assert_eq!(state(&mut c, &keys).await.as_deref(), Some("claimed"));
@@ -198,7 +200,7 @@ async fn a_pending_dead_letter_is_never_sent() {
     claims::ensure_epoch(&mut c, &keys.epoch).await.unwrap();
     let a = ClaimId::new();
     claim(&mut c, &keys, &a, false).await;
-    claims::mark_failed(&mut c, &keys.event, &a, "40003")
+    claims::mark_failed(&mut c, &keys.event, &a, "40003", "permanent")
         .await
         .unwrap();
     assert_eq!(
@@ -377,7 +379,7 @@ async fn a_released_orphan_claim_reads_as_never_sent() {
         .unwrap();
     let orphan = ClaimId::new();
     claim(&mut c, &keys, &orphan, false).await;
-    claims::mark_failed(&mut c, &keys.event, &orphan, "orphan")
+    claims::mark_failed(&mut c, &keys.event, &orphan, "none", "orphan")
         .await
         .unwrap();
     assert_eq!(

@@ -1,7 +1,9 @@
 //! Operator-facing HTTP on `admin.listen`: `/healthz` (the process is alive), `/readyz`
-//! (broker, Redis and consumer up, no app stopped by a credential error) and `/metrics`
-//! (Prometheus text).
+//! (broker, Redis and consumer up, no app stopped by a credential error), `/metrics`
+//! (Prometheus text) and the JSON API under `/api/` (`api.rs`, guarded by `auth.rs`).
 
+pub mod api;
+pub mod auth;
 pub mod metrics;
 
 use std::net::SocketAddr;
@@ -81,6 +83,7 @@ struct AdminState {
 pub async fn serve(
     listen: SocketAddr,
     health: Arc<Health>,
+    api: Arc<api::Api>,
     stop: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -98,7 +101,10 @@ pub async fn serve(
             "/metrics",
             get(|State(s): State<AdminState>| async move { s.metrics.render() }),
         )
-        .with_state(state);
+        .with_state(state)
+        .nest("/api", api::router(api))
+        // Nothing the admin listener takes needs more; bigger bodies are refused (413).
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024));
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })

@@ -11,6 +11,7 @@ mod quota;
 mod replay;
 mod templates;
 mod token;
+mod trace;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +53,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Show each app's token state (never the token itself)
     Token(token::TokenArgs),
+    /// Show what happened to one event: received, attempts, sent (msgid), dead-lettered, skipped
+    Trace(trace::TraceArgs),
     /// Show each app's subscribe/send quota for today; --clear resets it
     Quota(quota::QuotaArgs),
     /// List the account's templates from WeChat, each as a ready [[templates]] entry
@@ -121,6 +124,7 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Quota(args) => quota::run(&load(config_file)?, args).await,
         Command::Templates(args) => templates::run(&load(config_file)?, args).await,
         Command::Token(args) => token::run(&load(config_file)?, args).await,
+        Command::Trace(args) => trace::run(&load(config_file)?.config, args).await,
         #[cfg(feature = "dev-tools")]
         Command::MockWechat(args) => Ok(wxpush_mock_wechat::cli::run(args).await?),
         Command::Run => Ok(crate::worker::run_until_signal(load(config_file)?.config).await?),

@@ -24,28 +24,50 @@ impl fmt::Display for Problem {
     }
 }
 
+/// Reads a secret from the environment variable `env` or the file `file` (exactly one of
+/// them, or neither: `Ok(None)`). `what` names the keys in errors, e.g. `"secret"` for
+/// `secret_env` / `secret_file`.
+pub fn read_secret(
+    env: Option<&str>,
+    file: Option<&std::path::Path>,
+    what: &str,
+) -> Result<Option<SecretString>, String> {
+    let value = match (env, file) {
+        (Some(var), None) => std::env::var(var)
+            .map_err(|_| format!("{what}_env names {var}, which is not set in the environment"))?,
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| format!("{what}_file {}: {e}", path.display()))?
+            .trim_end_matches(['\n', '\r'])
+            .to_owned(),
+        (Some(_), Some(_)) => return Err(format!("set {what}_env or {what}_file, not both")),
+        (None, None) => return Ok(None),
+    };
+    if value.is_empty() {
+        return Err(format!("the {what} ({what}_env / {what}_file) is empty"));
+    }
+    Ok(Some(SecretString::from(value)))
+}
+
 impl AppConfig {
     /// Reads the app's secret from its environment variable or file.
     pub fn secret(&self) -> Result<SecretString, String> {
-        let value = match (&self.secret_env, &self.secret_file) {
-            (Some(var), None) => std::env::var(var).map_err(|_| {
-                format!("secret_env names {var}, which is not set in the environment")
-            })?,
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| format!("secret_file {}: {e}", path.display()))?
-                .trim_end_matches(['\n', '\r'])
-                .to_owned(),
-            (Some(_), Some(_)) => return Err("set secret_env or secret_file, not both".into()),
-            (None, None) => {
-                return Err(
-                    "no secret: set secret_env = \"VAR\" or secret_file = \"/path\"".into(),
-                );
-            }
-        };
-        if value.is_empty() {
-            return Err("the app secret is empty".into());
-        }
-        Ok(SecretString::from(value))
+        read_secret(
+            self.secret_env.as_deref(),
+            self.secret_file.as_deref(),
+            "secret",
+        )?
+        .ok_or_else(|| "no secret: set secret_env = \"VAR\" or secret_file = \"/path\"".into())
+    }
+}
+
+impl super::AdminConfig {
+    /// The bearer token for `/api/*` and the console, if one is configured.
+    pub fn token(&self) -> Result<Option<SecretString>, String> {
+        read_secret(
+            self.token_env.as_deref(),
+            self.token_file.as_deref(),
+            "admin.token",
+        )
     }
 }
 
@@ -73,6 +95,10 @@ impl Loaded {
             if app.get_ref().appid.trim().is_empty() {
                 add(at, format!("[apps.{name}]: appid is empty"));
             }
+        }
+
+        if let Err(e) = config.admin.token() {
+            add(nowhere.clone(), format!("[admin]: {e}"));
         }
 
         if config.templates.is_empty() {

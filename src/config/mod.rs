@@ -195,6 +195,18 @@ pub enum OnRefused {
     Drop,
 }
 
+/// What to do with an event whose (user, template) has no grant in the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WithoutGrant {
+    /// Send anyway: the ledger is advisory (grants made before wxpush listened are unknown).
+    Send,
+    /// Do not call WeChat: ack with the outcome `skipped`, counted and recorded.
+    Skip,
+    /// Dead-letter it (class `no_grant`).
+    DeadLetter,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Overflow {
@@ -213,6 +225,7 @@ pub enum OnAmbiguous {
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
     pub on_refused: OnRefused,
+    pub without_grant: WithoutGrant,
     pub overflow: Overflow,
     pub on_ambiguous: OnAmbiguous,
     #[serde(with = "humantime_serde")]
@@ -225,7 +238,10 @@ pub struct PolicyConfig {
 impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
-            on_refused: OnRefused::DeadLetter,
+            // 43101 is routine (a one-time grant used up), not an incident: counted, recorded
+            // on the event and in the grant ledger, acked.
+            on_refused: OnRefused::Drop,
+            without_grant: WithoutGrant::Send,
             overflow: Overflow::Truncate,
             on_ambiguous: OnAmbiguous::Resend,
             idempotency_ttl: Duration::from_secs(7 * 24 * 3600),
@@ -238,12 +254,18 @@ impl Default for PolicyConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// The environment variable holding the bearer token for `/api/*` and the console.
+    pub token_env: Option<String>,
+    /// Or a file holding it.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: ([127, 0, 0, 1], 9464).into(),
+            token_env: None,
+            token_file: None,
         }
     }
 }

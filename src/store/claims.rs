@@ -12,7 +12,15 @@
 //!   failed publish can never lead to a send: a redelivery dead-letters it again. (`ambiguous`,
 //!   written by earlier versions, reads the same with the class `ambiguous`.);
 //! - `dead`: its dead letter was confirmed; a redelivery (a crash between the confirm and
-//!   the ack) is acked without a second dead letter.
+//!   the ack) is acked without a second dead letter;
+//! - `skipped` (no grant under `policy.without_grant = "skip"`) and `refused` (43101 under
+//!   `policy.on_refused = "drop"`): decided without a send and acked; a redelivery is acked
+//!   too.
+//!
+//! The same hash is the event's **delivery record** (read by `store::event_record`), written
+//! by the same scripts so it costs no round trip of its own: `received_ms`, `type`, `app`
+//! (first claim), `log` (one `time_ms errcode class` line per failed attempt, the last 20),
+//! `sent_ms` and `msgid`, `dead_ms`, `outcome_ms`. All times are Redis's.
 //!
 //! `dead_pending` and `dead` are terminal until an operator replays the message: a replay
 //! raises `x-wxpush-replayed` above the count recorded with the state, and the event starts
@@ -49,6 +57,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local state = redis.call('HGET', KEYS[1], 'state')
 local openid = redis.call('HGET', KEYS[1], 'openid') or ''
 if state == 'sent' then return {'sent', openid} end
+if state == 'skipped' or state == 'refused' then return {'decided', openid} end
 if (state == 'dead' or state == 'dead_pending' or state == 'ambiguous')
   and tonumber(ARGV[4]) <= tonumber(redis.call('HGET', KEYS[1], 'replayed') or '0') then
   if state == 'dead' then return {'dead', openid} end
@@ -69,6 +78,9 @@ elseif not state then
   if ARGV[5] == '1' and now - lost_at < tonumber(ARGV[6]) then answer = 'lost' end
 end
 redis.call('HSET', KEYS[1], 'state', 'claimed', 'claim_id', ARGV[1], 'deadline_ms', now + tonumber(ARGV[2]))
+redis.call('HSETNX', KEYS[1], 'received_ms', now)
+redis.call('HSETNX', KEYS[1], 'type', ARGV[7])
+redis.call('HSETNX', KEYS[1], 'app', ARGV[8])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {answer, openid}",
     )
@@ -85,11 +97,41 @@ return 1",
     )
 });
 
-/// Records a definite failure, if the claim is still this one's.
+/// Records a definite failure, if the claim is still this one's, and logs the attempt.
 static FAIL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('HGET', KEYS[1], 'claim_id') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'claimed' then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'failed', 'errcode', ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local log = redis.call('HGET', KEYS[1], 'log') or ''
+log = log .. string.format('%.0f', now) .. ' ' .. ARGV[2] .. ' ' .. ARGV[3] .. '\n'
+local _, lines = string.gsub(log, '\n', '')
+if lines > 20 then log = string.sub(log, string.find(log, '\n') + 1) end
+redis.call('HSET', KEYS[1], 'state', 'failed', 'errcode', ARGV[2], 'log', log)
+return 1",
+    )
+});
+
+/// Marks the event sent, whoever holds the claim ("sent" is the truth).
+static SENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'state', 'sent', 'msgid', ARGV[1], 'sent_ms', now)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1",
+    )
+});
+
+/// Records a decision without a send (`skipped`, `refused`), if the claim is this one's
+/// (a failure recorded on it since, the 43101 itself, is fine).
+static DECIDED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local state = redis.call('HGET', KEYS[1], 'state')
+if redis.call('HGET', KEYS[1], 'claim_id') ~= ARGV[1] or (state ~= 'claimed' and state ~= 'failed') then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'outcome_ms', now)
 return 1",
     )
 });
@@ -123,7 +165,9 @@ static DEAD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'dead_pending' and state ~= 'ambiguous' then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'dead', 'replayed', ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'state', 'dead', 'replayed', ARGV[1], 'dead_ms', now)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1",
     )
@@ -169,6 +213,8 @@ pub enum Claim {
     Fresh { openid: Option<String> },
     /// Already sent: ack without sending.
     AlreadySent,
+    /// Already decided without a send (skipped for want of a grant, or refused): ack.
+    AlreadyDecided,
     /// Another delivery holds a live claim on it right now.
     Busy,
     /// A previous claim lapsed without an answer; ours now, but it may have been sent.
@@ -200,6 +246,9 @@ pub struct ClaimRequest<'a> {
     pub seen_before: bool,
     /// How long after Redis lost its data "no state" is suspect.
     pub loss_window: Duration,
+    /// The event's type and app, for its delivery record.
+    pub event_type: &'a str,
+    pub app: &'a str,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -220,12 +269,15 @@ pub async fn claim(
         .arg(request.replayed)
         .arg(if request.seen_before { "1" } else { "0" })
         .arg(ms(request.loss_window))
+        .arg(request.event_type)
+        .arg(request.app)
         .invoke_async(conn)
         .await?;
     let field = |i: usize| reply.get(i).cloned().unwrap_or_default();
     let openid = Some(field(1)).filter(|s| !s.is_empty());
     Ok(match field(0).as_str() {
         "sent" => Claim::AlreadySent,
+        "decided" => Claim::AlreadyDecided,
         "busy" => Claim::Busy,
         "ambiguous" => Claim::Ambiguous { openid },
         "lost" => Claim::Lost,
@@ -288,34 +340,59 @@ pub async fn mark_sent(
     msgid: u64,
     ttl: Duration,
 ) -> redis::RedisResult<()> {
-    redis::pipe()
-        .cmd("HSET")
-        .arg(key)
-        .arg("state")
-        .arg("sent")
-        .arg("msgid")
+    let _: i64 = SENT
+        .key(key)
         .arg(msgid)
-        .ignore()
-        .cmd("PEXPIRE")
-        .arg(key)
         .arg(ms(ttl))
-        .ignore()
-        .query_async(conn)
-        .await
+        .invoke_async(conn)
+        .await?;
+    Ok(())
+}
+
+/// How an event was decided without a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decided {
+    /// No grant for (user, template) under `policy.without_grant = "skip"`.
+    Skipped,
+    /// 43101 under `policy.on_refused = "drop"`.
+    Refused,
+}
+
+/// Records that the event was decided without a send, if the claim is still `claim_id`'s.
+pub async fn mark_decided(
+    conn: &mut impl redis::aio::ConnectionLike,
+    key: &str,
+    claim_id: &ClaimId,
+    decided: Decided,
+) -> redis::RedisResult<bool> {
+    let state = match decided {
+        Decided::Skipped => "skipped",
+        Decided::Refused => "refused",
+    };
+    let marked: i64 = DECIDED
+        .key(key)
+        .arg(&claim_id.0)
+        .arg(state)
+        .invoke_async(conn)
+        .await?;
+    Ok(marked == 1)
 }
 
 /// Records a definite failure so the next attempt claims afresh (not as ambiguous), if the
-/// claim is still `claim_id`'s.
+/// claim is still `claim_id`'s; `errcode` (or what stands for it: `transport`, `hold`, …)
+/// and `class` go to the delivery record's log.
 pub async fn mark_failed(
     conn: &mut impl redis::aio::ConnectionLike,
     key: &str,
     claim_id: &ClaimId,
     errcode: &str,
+    class: &str,
 ) -> redis::RedisResult<()> {
     let _: i64 = FAIL
         .key(key)
         .arg(&claim_id.0)
         .arg(errcode)
+        .arg(class)
         .invoke_async(conn)
         .await?;
     Ok(())

@@ -19,6 +19,7 @@
 pub mod app_hold;
 pub mod claims;
 pub mod durability;
+pub mod event_record;
 pub mod keys;
 pub mod lease;
 pub mod rate_limit;

@@ -74,7 +74,7 @@ impl ClaimKeeper {
         for (key, claim_id) in orphans {
             let released = redis
                 .run("orphan claim release", async |conn| {
-                    claims::mark_failed(conn, &key, &claim_id, "orphan").await
+                    claims::mark_failed(conn, &key, &claim_id, "none", "orphan").await
                 })
                 .await
                 .is_ok();

@@ -29,8 +29,11 @@ pub enum Disposition {
     Sent { msgid: u64 },
     /// A redelivery of an event already sent (or already dead-lettered): ack without sending.
     Duplicate,
-    /// 43101 under `on_refused = "drop"`: ack, counted and logged.
+    /// 43101 under `on_refused = "drop"`: ack, counted, logged and recorded (`refused`).
     Dropped,
+    /// No grant for (user, template) under `policy.without_grant = "skip"`: WeChat is not
+    /// called; ack, counted and recorded (`skipped`).
+    Skipped,
     /// Try again later from the retry tier for `attempts` failures so far.
     Retry { attempts: u32, failure: Failure },
     /// Another worker is sending this event right now: look again shortly, no attempt spent.

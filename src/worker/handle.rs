@@ -27,7 +27,9 @@ use super::send::{self, Attempt};
 use crate::admin::metrics as m;
 use crate::broker::dead_letter::{self, Failure, FailureClass};
 use crate::event::{Event, Recipient};
-use crate::store::claims::{self, CLAIM_LEASE, Claim, ClaimId, ClaimRequest, PendingDeadLetter};
+use crate::store::claims::{
+    self, CLAIM_LEASE, Claim, ClaimId, ClaimRequest, Decided, PendingDeadLetter,
+};
 use crate::template::Template;
 use crate::token::TokenError;
 use crate::wechat::client::SubscribeMessage;
@@ -78,6 +80,11 @@ pub async fn handle(ctx: &Ctx, incoming: Incoming<'_>) -> Disposition {
     let fate = decide(ctx, &incoming, &mut claimed)
         .await
         .unwrap_or_else(|fate| fate);
+    // A decision without a send is recorded on the claim, so a redelivery acks too.
+    if let (Disposition::Dropped | Disposition::Skipped, Some((key, claim_id))) = (&fate, &claimed)
+    {
+        record_decided(ctx, key, claim_id, &fate).await;
+    }
     // A dead letter of an event this delivery claimed is recorded on the claim.
     match (fate, claimed) {
         (
@@ -97,6 +104,22 @@ pub async fn handle(ctx: &Ctx, incoming: Incoming<'_>) -> Disposition {
             },
         },
         (fate, _) => fate,
+    }
+}
+
+async fn record_decided(ctx: &Ctx, key: &str, claim_id: &ClaimId, fate: &Disposition) {
+    let decided = match fate {
+        Disposition::Skipped => Decided::Skipped,
+        _ => Decided::Refused,
+    };
+    let marked = ctx
+        .hot_path
+        .run("decision record", async |conn| {
+            claims::mark_decided(conn, key, claim_id, decided).await
+        })
+        .await;
+    if let Err(e) = marked {
+        tracing::warn!(error = %crate::telemetry::ErrorChain(&e), "could not record the decision in Redis; a redelivery would try again");
     }
 }
 
@@ -226,15 +249,7 @@ pub(super) async fn token_failure(
                 errmsg,
                 app: Some(app.to_owned()),
             };
-            after_failure(
-                ctx,
-                app,
-                attempts,
-                Action::ParkApp,
-                failure,
-                true,
-            )
-            .await
+            after_failure(ctx, app, attempts, Action::ParkApp, failure, true).await
         }
         TokenError::Redis(error) => Disposition::RedisUnavailable(error),
         other => retry_or_dead(
@@ -271,6 +286,8 @@ async fn claim(
         replayed: history.replayed,
         seen_before: history.seen_before,
         loss_window: ctx.loss_window,
+        event_type: &prepared.event.kind,
+        app,
     };
     let claimed_at = Instant::now();
     let mut conn = ctx.hot_path.get().await?;
@@ -285,7 +302,7 @@ async fn claim(
         _ => None,
     };
     let remembered_openid = match found {
-        Claim::AlreadySent | Claim::AlreadyDead => {
+        Claim::AlreadySent | Claim::AlreadyDead | Claim::AlreadyDecided => {
             metrics::counter!(m::DUPLICATES_SKIPPED).increment(1);
             return Err(Disposition::Duplicate);
         }

@@ -126,9 +126,18 @@ impl Worker {
             return Err(unsafe_redis.into());
         }
         let stop = CancellationToken::new();
+        let api = Arc::new(admin::api::Api {
+            access: admin::auth::Access::new(
+                ctx.config.admin.token().map_err(anyhow::Error::msg)?,
+                ctx.config.admin.listen,
+            ),
+            redis: ctx.hot_path.clone(),
+            keys: ctx.keys.clone(),
+        });
         let admin_addr = admin::serve(
             ctx.config.admin.listen,
             ctx.health.clone(),
+            api,
             stop.child_token(),
         )
         .await?;

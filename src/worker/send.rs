@@ -68,7 +68,7 @@ pub async fn send(
             token = match ctx.tokens.replace_stale(this.app, &token).await {
                 Ok(token) => token,
                 Err(e) => {
-                    mark_failed_as(ctx, this.key, this.claim_id, "token").await;
+                    mark_failed_as(ctx, this.key, this.claim_id, "token", "token").await;
                     return token_failure(ctx, this.app, this.attempts, e).await;
                 }
             };
@@ -86,7 +86,7 @@ pub async fn send(
 async fn pace_and_check(ctx: &Ctx, this: &Attempt<'_>) -> Result<(), Disposition> {
     if let Err(fate) = pacing::pace(ctx, this.app).await {
         // Parked before the send: the next attempt claims afresh.
-        mark_failed_as(ctx, this.key, this.claim_id, "throttled").await;
+        mark_failed_as(ctx, this.key, this.claim_id, "throttled", "rate").await;
         return Err(fate);
     }
     still_ours(ctx, this).await
@@ -117,7 +117,7 @@ async fn unanswered(ctx: &Ctx, this: &Attempt<'_>, error: &CallError) -> Disposi
     if let Err(fate) = on_ambiguous(ctx, attempts, this.app, why) {
         return fate;
     }
-    mark_failed_as(ctx, this.key, this.claim_id, "ambiguous").await;
+    mark_failed_as(ctx, this.key, this.claim_id, "none", "ambiguous").await;
     retry_or_dead(
         ctx,
         attempts,
@@ -171,7 +171,7 @@ pub(super) async fn call_failure(
 async fn still_ours(ctx: &Ctx, this: &Attempt<'_>) -> Result<(), Disposition> {
     let age = this.claimed_at.elapsed();
     if age >= ctx.claim_hold {
-        mark_failed_as(ctx, this.key, this.claim_id, "hold").await;
+        mark_failed_as(ctx, this.key, this.claim_id, "none", "hold_expired").await;
         let failure = Failure {
             class: FailureClass::Call(ErrorClass::Transient),
             errcode: None,
@@ -204,16 +204,17 @@ async fn still_ours(ctx: &Ctx, this: &Attempt<'_>) -> Result<(), Disposition> {
 pub(super) async fn mark_failed(ctx: &Ctx, key: &str, claim_id: &ClaimId, error: &CallError) {
     let code = error
         .errcode()
-        .map_or_else(|| "transport".to_owned(), |code| code.to_string());
-    mark_failed_as(ctx, key, claim_id, &code).await;
+        .map_or_else(|| "none".to_owned(), |code| code.to_string());
+    mark_failed_as(ctx, key, claim_id, &code, outcome_label(error)).await;
 }
 
-async fn mark_failed_as(ctx: &Ctx, key: &str, claim_id: &ClaimId, reason: &str) {
+/// `errcode` (or `none`) and `class` go to the event's delivery record.
+async fn mark_failed_as(ctx: &Ctx, key: &str, claim_id: &ClaimId, errcode: &str, class: &str) {
     // Best effort: if Redis is down the claim simply expires, which later reads as ambiguous.
     let marked = ctx
         .hot_path
         .run("mark failed", async |conn| {
-            claims::mark_failed(conn, key, claim_id, reason).await
+            claims::mark_failed(conn, key, claim_id, errcode, class).await
         })
         .await;
     if let Err(e) = marked {

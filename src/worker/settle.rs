@@ -107,6 +107,7 @@ fn label_of(disposition: &Disposition) -> &'static str {
         Disposition::Sent { .. } => "sent",
         Disposition::Duplicate => "duplicate",
         Disposition::Dropped => "dropped",
+        Disposition::Skipped => "skipped",
         Disposition::Retry { .. } => "retry",
         Disposition::Later => "later",
         Disposition::Park { .. } => "parked",
@@ -125,7 +126,10 @@ fn next_step<'a>(
     let original = || h::of(&delivery.properties);
     let label = label_of(disposition);
     let (queue, headers) = match disposition {
-        Disposition::Sent { .. } | Disposition::Duplicate | Disposition::Dropped => {
+        Disposition::Sent { .. }
+        | Disposition::Duplicate
+        | Disposition::Dropped
+        | Disposition::Skipped => {
             return Ok(None);
         }
         Disposition::RedisUnavailable(error) => return Err(error),
