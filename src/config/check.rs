@@ -4,10 +4,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use secrecy::SecretString;
+use std::path::PathBuf;
+
+use secrecy::{ExposeSecret, SecretString};
 
 use super::load::{Loaded, Origin};
 use super::{AppConfig, Config};
+use crate::push::crypto::AesKey;
 use crate::template::pattern::Pattern;
 use crate::template::rules::KeyType;
 
@@ -24,28 +27,68 @@ impl fmt::Display for Problem {
     }
 }
 
+/// A secret from an environment variable or a file (trailing newline dropped); `Ok(None)`
+/// when neither is set. `what` names the keys in errors, e.g. `"secret"` for
+/// `secret_env`/`secret_file`.
+fn read_secret(
+    what: &str,
+    env: Option<&String>,
+    file: Option<&PathBuf>,
+) -> Result<Option<SecretString>, String> {
+    let value = match (env, file) {
+        (Some(var), None) => std::env::var(var)
+            .map_err(|_| format!("{what}_env names {var}, which is not set in the environment"))?,
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| format!("{what}_file {}: {e}", path.display()))?
+            .trim_end_matches(['\n', '\r'])
+            .to_owned(),
+        (Some(_), Some(_)) => return Err(format!("set {what}_env or {what}_file, not both")),
+        (None, None) => return Ok(None),
+    };
+    if value.is_empty() {
+        return Err(format!("the {what} is empty"));
+    }
+    Ok(Some(SecretString::from(value)))
+}
+
 impl AppConfig {
     /// Reads the app's secret from its environment variable or file.
     pub fn secret(&self) -> Result<SecretString, String> {
-        let value = match (&self.secret_env, &self.secret_file) {
-            (Some(var), None) => std::env::var(var).map_err(|_| {
-                format!("secret_env names {var}, which is not set in the environment")
-            })?,
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| format!("secret_file {}: {e}", path.display()))?
-                .trim_end_matches(['\n', '\r'])
-                .to_owned(),
-            (Some(_), Some(_)) => return Err("set secret_env or secret_file, not both".into()),
-            (None, None) => {
-                return Err(
-                    "no secret: set secret_env = \"VAR\" or secret_file = \"/path\"".into(),
-                );
-            }
+        read_secret(
+            "secret",
+            self.secret_env.as_ref(),
+            self.secret_file.as_ref(),
+        )?
+        .ok_or_else(|| "no secret: set secret_env = \"VAR\" or secret_file = \"/path\"".into())
+    }
+
+    /// The message-push Token, if the app has one.
+    pub fn push_token(&self) -> Result<Option<SecretString>, String> {
+        read_secret(
+            "push_token",
+            self.push_token_env.as_ref(),
+            self.push_token_file.as_ref(),
+        )
+    }
+
+    /// The EncodingAESKey, if the app's pushes come in safe mode; checked for its form.
+    pub fn push_aes_key(&self) -> Result<Option<AesKey>, String> {
+        let Some(text) = read_secret(
+            "push_aes_key",
+            self.push_aes_key_env.as_ref(),
+            self.push_aes_key_file.as_ref(),
+        )?
+        else {
+            return Ok(None);
         };
-        if value.is_empty() {
-            return Err("the app secret is empty".into());
+        if self.push_token_env.is_none() && self.push_token_file.is_none() {
+            return Err(
+                "push_aes_key_* is set without push_token_env/push_token_file: safe mode needs the console's Token too".into(),
+            );
         }
-        Ok(SecretString::from(value))
+        AesKey::from_encoding_key(text.expose_secret().trim())
+            .map(Some)
+            .map_err(|e| format!("push_aes_key: {e}"))
     }
 }
 
@@ -71,8 +114,25 @@ impl Loaded {
                 add(at.clone(), format!("[apps.{name}]: {e}"));
             }
             if app.get_ref().appid.trim().is_empty() {
-                add(at, format!("[apps.{name}]: appid is empty"));
+                add(at.clone(), format!("[apps.{name}]: appid is empty"));
             }
+            if let Err(e) = app.get_ref().push_token() {
+                add(at.clone(), format!("[apps.{name}]: {e}"));
+            }
+            if let Err(e) = app.get_ref().push_aes_key() {
+                add(at, format!("[apps.{name}]: {e}"));
+            }
+        }
+        if config.push.is_some()
+            && !config.apps.values().any(|app| {
+                let app = app.get_ref();
+                app.push_token_env.is_some() || app.push_token_file.is_some()
+            })
+        {
+            add(
+                nowhere.clone(),
+                "[push] is set but no app has push_token_env or push_token_file: every push would be refused".into(),
+            );
         }
 
         if config.templates.is_empty() {

@@ -226,15 +226,7 @@ pub(super) async fn token_failure(
                 errmsg,
                 app: Some(app.to_owned()),
             };
-            after_failure(
-                ctx,
-                app,
-                attempts,
-                Action::ParkApp,
-                failure,
-                true,
-            )
-            .await
+            after_failure(ctx, app, attempts, Action::ParkApp, failure, true).await
         }
         TokenError::Redis(error) => Disposition::RedisUnavailable(error),
         other => retry_or_dead(
