@@ -12,6 +12,7 @@
 //!   headers ([`broker::dead_letter`]);
 //! - [`worker`]: consume → decide (`handle`, `send`, `disposition`) → settle → ack;
 //! - [`admin`]: health, readiness and metrics;
+//! - [`push`]: WeChat's message push received: grants and final delivery results;
 //! - [`telemetry`]: logging setup and error chains for logs;
 //! - [`cli`]: the `wxpush` commands;
 //! - [`failpoint`]: named fault points for tests (nothing without the `failpoints` feature).
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod event;
 pub mod failpoint;
+pub mod push;
 pub mod store;
 pub mod telemetry;
 pub mod template;

@@ -27,6 +27,8 @@ pub const THROTTLED: &str = "wxpush_throttled_total";
 pub const PARKED: &str = "wxpush_parked_total";
 pub const REDIS_UNSAFE: &str = "wxpush_redis_unsafe";
 pub const REDIS_DATA_LOST: &str = "wxpush_redis_data_lost_total";
+pub const PUSH_EVENTS: &str = "wxpush_push_events_total";
+pub const PUSH_REFUSED: &str = "wxpush_push_refused_total";
 
 /// Registers help texts and units; call once after installing the recorder.
 pub fn describe() {
@@ -100,6 +102,14 @@ pub fn describe() {
     describe_counter!(
         PARKED,
         "Messages parked in a retry tier without spending an attempt, by reason: credential, quota, token_quota, minute, rate."
+    );
+    describe_counter!(
+        PUSH_EVENTS,
+        "Message pushes from WeChat answered success, by app, event (subscribe_msg_popup_event, subscribe_msg_change_event, subscribe_msg_sent_event, other) and result (recorded, duplicate: a retry already applied, ignored: an event type wxpush does not use)."
+    );
+    describe_counter!(
+        PUSH_REFUSED,
+        "Message pushes refused, by reason: too_large, unknown_app, no_push_secrets, missing_param, stale_timestamp, bad_signature, plaintext_refused, wrong_appid, malformed, replay, redis."
     );
     describe_counter!(
         THROTTLED,

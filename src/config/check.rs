@@ -4,10 +4,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use secrecy::SecretString;
+use std::path::PathBuf;
+
+use secrecy::{ExposeSecret, SecretString};
 
 use super::load::{Loaded, Origin};
 use super::{AppConfig, Config};
+use crate::push::crypto::AesKey;
 use crate::template::pattern::Pattern;
 use crate::template::rules::KeyType;
 
@@ -24,13 +27,13 @@ impl fmt::Display for Problem {
     }
 }
 
-/// Reads a secret from the environment variable `env` or the file `file` (exactly one of
-/// them, or neither: `Ok(None)`). `what` names the keys in errors, e.g. `"secret"` for
-/// `secret_env` / `secret_file`.
-pub fn read_secret(
-    env: Option<&str>,
-    file: Option<&std::path::Path>,
+/// A secret from an environment variable or a file (trailing newline dropped); `Ok(None)`
+/// when neither is set. `what` names the keys in errors, e.g. `"secret"` for
+/// `secret_env`/`secret_file`.
+fn read_secret(
     what: &str,
+    env: Option<&String>,
+    file: Option<&PathBuf>,
 ) -> Result<Option<SecretString>, String> {
     let value = match (env, file) {
         (Some(var), None) => std::env::var(var)
@@ -43,7 +46,7 @@ pub fn read_secret(
         (None, None) => return Ok(None),
     };
     if value.is_empty() {
-        return Err(format!("the {what} ({what}_env / {what}_file) is empty"));
+        return Err(format!("the {what} is empty"));
     }
     Ok(Some(SecretString::from(value)))
 }
@@ -52,11 +55,40 @@ impl AppConfig {
     /// Reads the app's secret from its environment variable or file.
     pub fn secret(&self) -> Result<SecretString, String> {
         read_secret(
-            self.secret_env.as_deref(),
-            self.secret_file.as_deref(),
             "secret",
+            self.secret_env.as_ref(),
+            self.secret_file.as_ref(),
         )?
         .ok_or_else(|| "no secret: set secret_env = \"VAR\" or secret_file = \"/path\"".into())
+    }
+
+    /// The message-push Token, if the app has one.
+    pub fn push_token(&self) -> Result<Option<SecretString>, String> {
+        read_secret(
+            "push_token",
+            self.push_token_env.as_ref(),
+            self.push_token_file.as_ref(),
+        )
+    }
+
+    /// The EncodingAESKey, if the app's pushes come in safe mode; checked for its form.
+    pub fn push_aes_key(&self) -> Result<Option<AesKey>, String> {
+        let Some(text) = read_secret(
+            "push_aes_key",
+            self.push_aes_key_env.as_ref(),
+            self.push_aes_key_file.as_ref(),
+        )?
+        else {
+            return Ok(None);
+        };
+        if self.push_token_env.is_none() && self.push_token_file.is_none() {
+            return Err(
+                "push_aes_key_* is set without push_token_env/push_token_file: safe mode needs the console's Token too".into(),
+            );
+        }
+        AesKey::from_encoding_key(text.expose_secret().trim())
+            .map(Some)
+            .map_err(|e| format!("push_aes_key: {e}"))
     }
 }
 
@@ -64,9 +96,9 @@ impl super::AdminConfig {
     /// The bearer token for `/api/*` and the console, if one is configured.
     pub fn token(&self) -> Result<Option<SecretString>, String> {
         read_secret(
-            self.token_env.as_deref(),
-            self.token_file.as_deref(),
             "admin.token",
+            self.token_env.as_ref(),
+            self.token_file.as_ref(),
         )
     }
 }
@@ -93,8 +125,25 @@ impl Loaded {
                 add(at.clone(), format!("[apps.{name}]: {e}"));
             }
             if app.get_ref().appid.trim().is_empty() {
-                add(at, format!("[apps.{name}]: appid is empty"));
+                add(at.clone(), format!("[apps.{name}]: appid is empty"));
             }
+            if let Err(e) = app.get_ref().push_token() {
+                add(at.clone(), format!("[apps.{name}]: {e}"));
+            }
+            if let Err(e) = app.get_ref().push_aes_key() {
+                add(at, format!("[apps.{name}]: {e}"));
+            }
+        }
+        if config.push.is_some()
+            && !config.apps.values().any(|app| {
+                let app = app.get_ref();
+                app.push_token_env.is_some() || app.push_token_file.is_some()
+            })
+        {
+            add(
+                nowhere.clone(),
+                "[push] is set but no app has push_token_env or push_token_file: every push would be refused".into(),
+            );
         }
 
         if let Err(e) = config.admin.token() {

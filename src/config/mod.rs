@@ -41,6 +41,16 @@ pub struct Config {
     pub worker: WorkerConfig,
     #[serde(default)]
     pub templates: Vec<Spanned<TemplateConfig>>,
+    /// WeChat's message-push receiver; off when the section is absent.
+    #[serde(default)]
+    pub push: Option<PushConfig>,
+}
+
+/// `[push]`: where `wxpush run` serves `/wechat/push/<app name>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -163,6 +173,17 @@ pub struct AppConfig {
     /// The most sends per unit of time of all workers together (e.g. `"200/s"`).
     #[serde(default)]
     pub max_rate: Option<Rate>,
+    /// The message-push Token of the mini program console (an environment variable or a
+    /// file, like the secret); the app's pushes are refused without one.
+    #[serde(default)]
+    pub push_token_env: Option<String>,
+    #[serde(default)]
+    pub push_token_file: Option<PathBuf>,
+    /// The console's EncodingAESKey (43 characters): safe mode; absent: plaintext mode.
+    #[serde(default)]
+    pub push_aes_key_env: Option<String>,
+    #[serde(default)]
+    pub push_aes_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -322,6 +343,10 @@ pub struct TemplateConfig {
     /// `keywordEnumValueList`, as `wxpush templates` prints it).
     #[serde(default)]
     pub enums: BTreeMap<String, Vec<String>>,
+    /// A long-term subscription template (one accept allows sends until the user turns it
+    /// off); default: one-time (one accept, one send). The grant ledger counts by it.
+    #[serde(default)]
+    pub long_term: bool,
 }
 
 fn default_app() -> String {

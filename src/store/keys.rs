@@ -46,4 +46,33 @@ impl Keys {
     pub fn event(&self, event_id: &str) -> String {
         format!("{}:event:{{{event_id}}}", self.prefix)
     }
+
+    /// Hash with the user's grant ledger (see `store::grants`).
+    pub fn grants(&self, app: &str, openid: &str) -> String {
+        format!("{}:grants:{{{app}:{openid}}}", self.prefix)
+    }
+
+    /// Marker of a message push already applied to the user's ledger (WeChat retries a
+    /// push up to 3 times); tagged like the user's ledger, so one script checks it and
+    /// applies the push.
+    pub fn push_seen(&self, app: &str, openid: &str, create_time: &str, event: &str) -> String {
+        format!(
+            "{}:push-seen:{{{app}:{openid}}}:{create_time}:{event}",
+            self.prefix
+        )
+    }
+
+    /// Marker of a push's (timestamp, nonce) already accepted: a replayed request is refused.
+    pub fn push_nonce(&self, app: &str, timestamp: &str, nonce: &str) -> String {
+        format!(
+            "{}:push-nonce:{{app:{app}}}:{timestamp}:{nonce}",
+            self.prefix
+        )
+    }
+
+    /// Hash with the final delivery result WeChat pushed for a sent message (see
+    /// `store::delivery_result`).
+    pub fn msg_result(&self, app: &str, msgid: &str) -> String {
+        format!("{}:msg-result:{{{app}:{msgid}}}", self.prefix)
+    }
 }

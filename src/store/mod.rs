@@ -5,6 +5,8 @@
 //! - [`token_record`]: the app's shared access_token and its refresh [`lease`];
 //! - [`app_hold`]: an app whose sends are held fleet-wide (daily quota, minute rate);
 //! - [`rate_limit`]: the fleet-wide `max_rate` limiter of each app;
+//! - [`grants`]: the grant ledger per (app, openid, template) from WeChat's message push;
+//! - [`delivery_result`]: the final delivery result WeChat pushes for a sent message;
 //! - [`keys`]: the name of every key, with the hash tags that keep a script's keys in one
 //!   Redis Cluster slot.
 //!
@@ -18,8 +20,10 @@
 
 pub mod app_hold;
 pub mod claims;
+pub mod delivery_result;
 pub mod durability;
 pub mod event_record;
+pub mod grants;
 pub mod keys;
 pub mod lease;
 pub mod rate_limit;

@@ -109,6 +109,8 @@ impl Ctx {
 /// A running worker: stop it with [`Worker::shutdown`], or let a signal do it.
 pub struct Worker {
     pub admin_addr: SocketAddr,
+    /// Where the message-push receiver listens, when `[push]` is set.
+    pub push_addr: Option<SocketAddr>,
     pub ctx: Arc<Ctx>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -141,6 +143,13 @@ impl Worker {
             stop.child_token(),
         )
         .await?;
+        let push_addr = match &ctx.config.push {
+            Some(push) => {
+                let receiver = crate::push::Receiver::new(&ctx.config, ctx.hot_path.clone())?;
+                Some(crate::push::serve(push.listen, Arc::new(receiver), stop.child_token()).await?)
+            }
+            None => None,
+        };
         tracing::info!(
             amqp = %redact_url(&ctx.config.amqp.url),
             redis = %redact_url(&ctx.config.redis.url),
@@ -163,6 +172,7 @@ impl Worker {
         });
         Ok(Worker {
             admin_addr,
+            push_addr,
             ctx,
             stop,
             task,
