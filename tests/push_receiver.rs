@@ -5,10 +5,8 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::push::*;
-use common::{APPID, eventually, openid};
+use common::{APPID, openid};
 use proptest::prelude::*;
 use wxpush::push::crypto::{self, AesKey};
 use wxpush::store::delivery_result;
@@ -352,11 +350,8 @@ async fn unknown_event_types_are_accepted_and_ignored() {
             .await;
         assert_eq!(answer, (200, "success".into()));
     }
-    let written = eventually("the two nonces", Duration::from_secs(5), || async {
-        let keys = h.keys_written().await;
-        (keys.len() == 2).then_some(keys)
-    })
-    .await;
+    let written = h.keys_written().await;
+    assert_eq!(written.len(), 2, "the two nonces: {written:?}");
     assert!(
         written.iter().all(|k| k.contains(":push-nonce:")),
         "only nonces: {written:?}"
@@ -379,4 +374,39 @@ proptest! {
         let ts = "1714112445";
         prop_assert!(crypto::verify(&push_crypto::msg_signature(TOKEN, ts, "1", &encrypt), &[TOKEN, ts, "1", &encrypt]));
     }
+}
+
+#[tokio::test]
+async fn wxpush_run_serves_the_receiver_when_push_listen_is_set() {
+    // SAFETY: every test in the process sets the same value.
+    unsafe { std::env::set_var(TOKEN_ENV, TOKEN) };
+    let app = common::TestApp::start_with("push-run", Default::default(), |config| {
+        config.push = Some(wxpush::config::PushConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+        });
+        let default = config.apps.get_mut("default").unwrap().get_mut();
+        default.push_token_env = Some(TOKEN_ENV.into());
+    })
+    .await;
+    let worker = app.worker().await;
+    let addr = worker.push_addr.expect("the receiver is served");
+    app.mock
+        .configure_push(
+            APPID,
+            wxpush_mock_wechat::PushTarget {
+                url: url(addr, "default"),
+                token: TOKEN.into(),
+                aes_key: None,
+                format: PushFormat::Json,
+            },
+        )
+        .unwrap();
+    assert_eq!(app.mock.verify_url(APPID).await, Ok(true));
+    let tapped = app
+        .mock
+        .user_taps_subscribe(APPID, &openid(9), &[(ONCE, "accept")])
+        .await;
+    assert_eq!(tapped, Ok(Some(200)));
+    worker.shutdown().await.unwrap();
+    app.cleanup().await;
 }
