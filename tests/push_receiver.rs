@@ -339,6 +339,7 @@ async fn sent_events_record_the_final_result_by_msgid() {
 
 #[tokio::test]
 async fn unknown_event_types_are_accepted_and_ignored() {
+    let metrics = wxpush::admin::metrics::install();
     let h = PushHarness::start("push-other").await;
     let addr = h.receiver().await;
     let ts = now_s();
@@ -352,6 +353,16 @@ async fn unknown_event_types_are_accepted_and_ignored() {
     }
     let written = h.keys_written().await;
     assert_eq!(written.len(), 2, "the two nonces: {written:?}");
+    let counted = metrics
+        .render()
+        .lines()
+        .find(|l| {
+            l.starts_with("wxpush_push_events_total{")
+                && l.contains(r#"event="other""#)
+                && l.contains(r#"result="ignored""#)
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().to_owned());
+    assert_eq!(counted.as_deref(), Some("2"), "counted as ignored");
     assert!(
         written.iter().all(|k| k.contains(":push-nonce:")),
         "only nonces: {written:?}"
