@@ -218,3 +218,28 @@ fn a_bad_max_rate_names_the_line_and_the_form_to_use() {
         (6000, std::time::Duration::from_secs(60))
     );
 }
+
+#[test]
+fn push_secrets_are_checked_and_an_empty_push_section_is_named() {
+    let text = "[apps.a]\nappid = \"wx1\"\nsecret_file = \"Cargo.toml\"\npush_token_file = \"Cargo.toml\"\npush_aes_key_file = \"Cargo.toml\"\n";
+    let p = problems(text);
+    assert!(
+        p.iter()
+            .any(|m| m.contains("push_aes_key") && m.contains("43 characters")),
+        "{p:?}"
+    );
+    let text = "[apps.a]\nappid = \"wx1\"\nsecret_file = \"Cargo.toml\"\npush_aes_key_env = \"WXPUSH_TEST_NEVER_SET_KEY\"\n";
+    let p = problems(text);
+    assert!(
+        p.iter()
+            .any(|m| m.contains("WXPUSH_TEST_NEVER_SET_KEY") && m.contains("not set")),
+        "{p:?}"
+    );
+    let text = "[apps.a]\nappid = \"wx1\"\nsecret_file = \"Cargo.toml\"\n[push]\nlisten = \"127.0.0.1:0\"\n";
+    let p = problems(text);
+    assert!(
+        p.iter()
+            .any(|m| m.contains("[push]") && m.contains("push_token_env")),
+        "{p:?}"
+    );
+}

@@ -56,6 +56,9 @@ pub enum FailureClass {
     Invalid,
     /// WeChat may have accepted it, but no answer said so (`policy.on_ambiguous`).
     Ambiguous,
+    /// The grant ledger has no grant for (user, template) (`policy.without_grant =
+    /// "dead_letter"`); WeChat was not called.
+    NoGrant,
     /// WeChat (or the way to it) answered with a failure of this class.
     Call(ErrorClass),
 }
@@ -65,6 +68,7 @@ impl FailureClass {
     pub const ALL: &[FailureClass] = &[
         FailureClass::Invalid,
         FailureClass::Ambiguous,
+        FailureClass::NoGrant,
         FailureClass::Call(ErrorClass::Token),
         FailureClass::Call(ErrorClass::Transient),
         FailureClass::Call(ErrorClass::Limits),
@@ -79,6 +83,7 @@ impl FailureClass {
         match self {
             FailureClass::Invalid => "invalid",
             FailureClass::Ambiguous => "ambiguous",
+            FailureClass::NoGrant => "no_grant",
             FailureClass::Call(class) => class.as_str(),
         }
     }

@@ -5,6 +5,7 @@ mod check;
 mod dead;
 #[cfg(feature = "dev-tools")]
 mod demo;
+mod grants;
 pub mod progress;
 pub mod publish;
 mod quota;
@@ -55,6 +56,8 @@ pub enum Command {
     Token(token::TokenArgs),
     /// Show what happened to one event: received, attempts, sent (msgid), dead-lettered, skipped
     Trace(trace::TraceArgs),
+    /// Show a user's recorded grants per template (from WeChat's message push)
+    Grants(grants::GrantsArgs),
     /// Show each app's subscribe/send quota for today; --clear resets it
     Quota(quota::QuotaArgs),
     /// List the account's templates from WeChat, each as a ready [[templates]] entry
@@ -122,6 +125,7 @@ async fn dispatch(cli: Cli) -> CliResult {
     match cli.command {
         Command::Check(args) => check::run(config_file, args).await,
         Command::Quota(args) => quota::run(&load(config_file)?, args).await,
+        Command::Grants(args) => grants::run(&load(config_file)?, args).await,
         Command::Templates(args) => templates::run(&load(config_file)?, args).await,
         Command::Token(args) => token::run(&load(config_file)?, args).await,
         Command::Trace(args) => trace::run(&load(config_file)?.config, args).await,

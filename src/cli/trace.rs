@@ -7,7 +7,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::CliResult;
 use crate::config::Config;
-use crate::store::event_record::{self, EventRecord};
+use crate::store::event_record::{self, Trace};
 use crate::store::{self, Keys};
 
 #[derive(Debug, clap::Args)]
@@ -25,11 +25,11 @@ pub async fn run(config: &Config, args: TraceArgs) -> CliResult {
         .get()
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach Redis: {e}"))?;
-    let key = Keys::new(&config.redis.key_prefix).event(&args.event_id);
-    let record = event_record::read(&mut *conn, &key)
+    let keys = Keys::new(&config.redis.key_prefix);
+    let traced = event_record::trace(&mut *conn, &keys, &args.event_id)
         .await
         .map_err(|e| anyhow::anyhow!("reading the record of `{}`: {e}", args.event_id))?;
-    let Some(record) = record else {
+    let Some(traced) = traced else {
         return Err(anyhow::anyhow!(
             "no delivery record for event `{}` in Redis (key prefix `{}`): never received by a worker, or older than policy.idempotency_ttl ({}). An event refused as invalid before it was claimed is only in the dead-letter queue: `wxpush dead --show {}`",
             args.event_id,
@@ -40,13 +40,13 @@ pub async fn run(config: &Config, args: TraceArgs) -> CliResult {
         .into());
     };
     if args.json {
-        let json = serde_json::json!({ "id": args.event_id, "record": record });
+        let json = serde_json::json!({ "id": args.event_id, "record": traced });
         println!(
             "{}",
             serde_json::to_string_pretty(&json).map_err(anyhow::Error::from)?
         );
     } else {
-        print!("{}", human(&args.event_id, &record));
+        print!("{}", human(&args.event_id, &traced));
     }
     Ok(())
 }
@@ -60,7 +60,8 @@ fn at(ms: u64) -> String {
 }
 
 /// The record as lines a person reads, in the order things happened.
-fn human(id: &str, r: &EventRecord) -> String {
+fn human(id: &str, traced: &Trace) -> String {
+    let r = &traced.record;
     let mut out = format!("event     {id}\nstate     {}\n", r.state);
     let mut line = |label: &str, text: String| out.push_str(&format!("{label:<9} {text}\n"));
     if let Some(kind) = &r.event_type {
@@ -90,6 +91,13 @@ fn human(id: &str, r: &EventRecord) -> String {
     }
     if let (Some(ms), Some(msgid)) = (r.sent_ms, r.msgid) {
         line("sent", format!("{}  msgid {msgid}", at(ms)));
+    }
+    if let Some(d) = &traced.delivery {
+        let verdict = if d.errcode == 0 { "delivered" } else { "not delivered" };
+        line(
+            "result",
+            format!("{}  {verdict} (WeChat ErrorCode {}, {})", at(d.at_ms), d.errcode, d.status),
+        );
     }
     if let Some(dead) = &r.dead_letter {
         let when = dead.dead_ms.map_or_else(|| "pending".to_owned(), at);

@@ -13,7 +13,8 @@
 //!
 //! WeChat retries a push it got no answer to within 5 s, up to 3 times, with the same
 //! content: a popup or change event is applied once per (user, `CreateTime`, `Event`), as
-//! WeChat advises, the marker and the changes written by one script. Sent events are keyed
+//! WeChat advises, plus a digest of its `List` (so two different popups of one user in the
+//! same second both count), the marker and the changes written by one script. Sent events are keyed
 //! by `MsgID`, so writing one again changes nothing. A push answered `success` is recorded;
 //! a Redis failure answers 503 (and forgets the nonce), so WeChat's retry can land.
 
@@ -481,9 +482,13 @@ async fn apply(
     if changes.is_empty() {
         return Ok("ignored");
     }
-    let seen = receiver
-        .keys
-        .push_seen(app, &push.openid, &push.create_time, &push.event);
+    let digest_parts: Vec<String> = changes
+        .iter()
+        .map(|(template_id, change)| format!("{template_id}={change:?};"))
+        .collect();
+    let digest = crypto::sign(&digest_parts.iter().map(String::as_str).collect::<Vec<_>>());
+    let push_id = format!("{}:{}:{}", push.create_time, push.event, &digest[..16]);
+    let seen = receiver.keys.push_seen(app, &push.openid, &push_id);
     let applied = grants::apply(
         conn,
         &receiver.keys.grants(app, &push.openid),

@@ -7,6 +7,9 @@ use std::collections::HashMap;
 use deadpool_redis::redis;
 use serde::Serialize;
 
+use super::Keys;
+use super::delivery_result::{self, DeliveryResult};
+
 /// One failed attempt, as the log line `time_ms errcode class` records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FailedAttempt {
@@ -45,6 +48,34 @@ pub struct DeadLetterRecord {
     pub errmsg: String,
     /// Set once the broker confirmed the dead letter.
     pub dead_ms: Option<u64>,
+}
+
+/// An event's record with the final result WeChat pushed for its send, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Trace {
+    #[serde(flatten)]
+    pub record: EventRecord,
+    /// `subscribe_msg_sent_event` for the send's msgid (see `store::delivery_result`).
+    pub delivery: Option<DeliveryResult>,
+}
+
+/// The event's record joined with its pushed delivery result: what `wxpush trace` and
+/// `GET /api/events/{id}` answer.
+pub async fn trace(
+    conn: &mut impl redis::aio::ConnectionLike,
+    keys: &Keys,
+    event_id: &str,
+) -> redis::RedisResult<Option<Trace>> {
+    let Some(record) = read(conn, &keys.event(event_id)).await? else {
+        return Ok(None);
+    };
+    let delivery = match (&record.app, record.msgid) {
+        (Some(app), Some(msgid)) => {
+            delivery_result::read(conn, &keys.msg_result(app, &msgid.to_string())).await?
+        }
+        _ => None,
+    };
+    Ok(Some(Trace { record, delivery }))
 }
 
 /// The event's record, or `None` when Redis has nothing for it (never received, or older

@@ -53,13 +53,10 @@ impl Keys {
     }
 
     /// Marker of a message push already applied to the user's ledger (WeChat retries a
-    /// push up to 3 times); tagged like the user's ledger, so one script checks it and
-    /// applies the push.
-    pub fn push_seen(&self, app: &str, openid: &str, create_time: &str, event: &str) -> String {
-        format!(
-            "{}:push-seen:{{{app}:{openid}}}:{create_time}:{event}",
-            self.prefix
-        )
+    /// push up to 3 times); `push_id` names the push (`CreateTime:Event:digest`, see
+    /// `push`). Tagged like the user's ledger, so one script checks it and applies the push.
+    pub fn push_seen(&self, app: &str, openid: &str, push_id: &str) -> String {
+        format!("{}:push-seen:{{{app}:{openid}}}:{push_id}", self.prefix)
     }
 
     /// Marker of a push's (timestamp, nonce) already accepted: a replayed request is refused.

@@ -27,6 +27,8 @@ use super::send::{self, Attempt};
 use crate::admin::metrics as m;
 use crate::broker::dead_letter::{self, Failure, FailureClass};
 use crate::event::{Event, Recipient};
+use crate::config::WithoutGrant;
+use crate::store::grants::{self, Grant};
 use crate::store::claims::{
     self, CLAIM_LEASE, Claim, ClaimId, ClaimRequest, Decided, PendingDeadLetter,
 };
@@ -144,6 +146,7 @@ async fn decide(
     };
     let claimed = claim(ctx, &prepared, history, incoming.slot, claimed_by_us).await?;
     let openid = recipient(ctx, &prepared, &claimed, history.attempts).await?;
+    granted(ctx, &prepared, &openid, history.attempts).await?;
     let mut message = prepared.message;
     message.touser = openid;
     let attempt = Attempt {
@@ -153,6 +156,7 @@ async fn decide(
         claim_id: &claimed.claim_id,
         claimed_at: claimed.claimed_at,
         attempts: history.attempts,
+        openid: &message.touser,
     };
     Ok(send::send(ctx, &attempt, token, &message).await)
 }
@@ -348,6 +352,51 @@ fn dead_letter_again(
             replayed: history.replayed,
         },
     }
+}
+
+/// `policy.without_grant`: under `"send"` (the default) the ledger is advisory and not
+/// read; otherwise a send goes only with a grant the ledger knows of.
+async fn granted(
+    ctx: &Ctx,
+    prepared: &Prepared<'_>,
+    openid: &str,
+    attempts: u32,
+) -> Result<(), Disposition> {
+    let policy = ctx.config.policy.without_grant;
+    if policy == WithoutGrant::Send {
+        return Ok(());
+    }
+    let key = ctx.keys.grants(&prepared.app, openid);
+    let template_id = &prepared.template.template_id;
+    let grant = ctx
+        .hot_path
+        .run("grant check", async |conn| {
+            grants::check(conn, &key, template_id).await
+        })
+        .await?;
+    if grant == Grant::Available {
+        return Ok(());
+    }
+    metrics::counter!(m::NO_GRANT, "app" => prepared.app.clone(), "action" => match policy {
+        WithoutGrant::Skip => "skip",
+        _ => "dead_letter",
+    })
+    .increment(1);
+    Err(match policy {
+        WithoutGrant::DeadLetter => Disposition::dead_letter(
+            attempts,
+            Failure {
+                class: FailureClass::NoGrant,
+                errcode: None,
+                errmsg: format!(
+                    "no grant recorded for template {template_id} and this user ({}); not sent (policy.without_grant = \"dead_letter\")",
+                    if grant == Grant::None { "all used, rejected or turned off" } else { "nothing recorded" }
+                ),
+                app: Some(prepared.app.clone()),
+            },
+        ),
+        _ => Disposition::Skipped,
+    })
 }
 
 /// The openid to send to: given, remembered from an earlier exchange, or exchanged now.

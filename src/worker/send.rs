@@ -14,6 +14,7 @@ use super::pacing;
 use crate::admin::metrics as m;
 use crate::broker::dead_letter::{Failure, FailureClass};
 use crate::store::claims::{self, CLAIM_LEASE, ClaimId};
+use crate::store::grants;
 use crate::telemetry::ErrorChain;
 use crate::wechat::client::{AccessToken, CallError, SubscribeMessage};
 use crate::wechat::errcode::{
@@ -32,6 +33,8 @@ pub struct Attempt<'a> {
     pub claimed_at: Instant,
     /// Failed sends before this one.
     pub attempts: u32,
+    /// The recipient, for the grant ledger.
+    pub openid: &'a str,
 }
 
 /// Sends until WeChat answers something other than a stale token (at most
@@ -78,6 +81,9 @@ pub async fn send(
             return unanswered(ctx, this, &error).await;
         }
         mark_failed(ctx, this.key, this.claim_id, &error).await;
+        if action == Action::ApplyRefusedPolicy {
+            update_ledger(ctx, this, Ledger::Refused).await;
+        }
         return call_failure(ctx, this.app, this.attempts, &error, "send").await;
     }
 }
@@ -106,7 +112,34 @@ async fn sent(ctx: &Ctx, this: &Attempt<'_>, msgid: u64) -> Disposition {
     if let Err(e) = marked {
         tracing::warn!(error = %ErrorChain(&e), "sent, but could not record it in Redis; acking anyway");
     }
+    update_ledger(ctx, this, Ledger::Used).await;
     Disposition::Sent { msgid }
+}
+
+/// What a send tells the grant ledger.
+#[derive(Debug, Clone, Copy)]
+enum Ledger {
+    /// Sent: one one-time grant used.
+    Used,
+    /// 43101: nothing left.
+    Refused,
+}
+
+/// Best effort: the ledger is advisory, a Redis failure here changes no message's fate.
+async fn update_ledger(ctx: &Ctx, this: &Attempt<'_>, change: Ledger) {
+    let key = ctx.keys.grants(this.app, this.openid);
+    let updated = ctx
+        .hot_path
+        .run("grant ledger", async |conn| match change {
+            Ledger::Used => grants::use_one(conn, &key, this.template_id)
+                .await
+                .map(drop),
+            Ledger::Refused => grants::refused(conn, &key, this.template_id).await,
+        })
+        .await;
+    if let Err(e) = updated {
+        tracing::warn!(error = %ErrorChain(&e), "could not update the grant ledger");
+    }
 }
 
 /// The call went out and no answer came: WeChat may have accepted it.

@@ -18,6 +18,8 @@ use wxpush::config::{Config, load_str};
 use wxpush::worker::Worker;
 use wxpush_mock_wechat::{MockOptions, MockServer};
 
+pub mod push;
+
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 pub const APPID: &str = "wxtest00000000001";

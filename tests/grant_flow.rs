@@ -1,0 +1,124 @@
+//! Grants end to end: the emulator's users tap "accept" in the subscribe popup, WeChat
+//! (the emulator) pushes the choices, signed and encrypted, to the worker's message-push
+//! receiver, the grant ledger counts them, and under `policy.without_grant = "skip"` the
+//! worker sends exactly as many messages as each user granted: no 43101, no dead letter.
+//! The delivery results WeChat pushes after each send end up in `wxpush trace`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use wxpush::config::{PushConfig, WithoutGrant};
+use wxpush::worker::Worker;
+use wxpush_mock_wechat::{MockOptions, PushFormat, PushTarget};
+
+const PUSH_TOKEN_ENV: &str = "WXPUSH_TEST_PUSH_TOKEN";
+const PUSH_TOKEN: &str = "pushtoken123";
+const AES_ENV: &str = "WXPUSH_TEST_PUSH_AES_KEY";
+/// 43 characters of canonical base64 (32 bytes).
+const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFE";
+
+#[tokio::test]
+async fn without_grant_skip_sends_exactly_the_granted_messages() {
+    // SAFETY: every test in this process sets the same values.
+    unsafe {
+        std::env::set_var(PUSH_TOKEN_ENV, PUSH_TOKEN);
+        std::env::set_var(AES_ENV, AES_KEY);
+    }
+    let app = TestApp::start_with(
+        "grants",
+        MockOptions {
+            strict_subscriptions: true,
+            ..MockOptions::default()
+        },
+        |c| {
+            c.policy.without_grant = WithoutGrant::Skip;
+            c.push = Some(PushConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+            });
+            let default = c.apps.get_mut("default").unwrap().get_mut();
+            default.push_token_env = Some(PUSH_TOKEN_ENV.into());
+            default.push_aes_key_env = Some(AES_ENV.into());
+        },
+    )
+    .await;
+    let worker = Worker::start(app.config.clone()).await.unwrap();
+    let push = worker.push_addr.expect("the receiver listens");
+    app.mock
+        .configure_push(
+            APPID,
+            PushTarget {
+                url: format!("http://{push}/wechat/push/default"),
+                token: PUSH_TOKEN.into(),
+                aes_key: Some(AES_KEY.into()),
+                format: PushFormat::Json,
+            },
+        )
+        .unwrap();
+    // Users 0, 1 and 2 grant 0, 1 and 2 one-time sends of the template.
+    for (user, taps) in [(1, 1), (2, 2)] {
+        for _ in 0..taps {
+            let status = app
+                .mock
+                .user_taps_subscribe(APPID, &openid(user), &[("TPL_ORDER_PAID", "accept")])
+                .await
+                .unwrap();
+            assert_eq!(status, Some(200), "the receiver took the popup event");
+        }
+    }
+    let events: Vec<Value> = (0..3)
+        .flat_map(|user| {
+            (0..2).map(move |n| order_paid(&format!("grant-{user}-{n}"), user))
+        })
+        .collect();
+    app.publish_all(&events).await;
+    let sends = app.sent(3).await;
+    eventually("every event decided", Duration::from_secs(20), || async {
+        let mut decided = 0;
+        for e in &events {
+            let id = e["id"].as_str().unwrap();
+            if matches!(app.event_state(id).await.as_deref(), Some("sent" | "skipped")) {
+                decided += 1;
+            }
+        }
+        (decided == events.len()).then_some(())
+    })
+    .await;
+    worker.shutdown().await.unwrap();
+
+    assert_eq!(sends_to(&sends, &openid(0)), 0);
+    assert_eq!(sends_to(&sends, &openid(1)), 1);
+    assert_eq!(sends_to(&sends, &openid(2)), 2);
+    assert_eq!(app.mock.sends().len(), 3);
+    assert_eq!(app.mock.stats().errcode_counts.get("43101"), None, "no 43101");
+    assert_eq!(app.dead_len().await, 0);
+
+    // The sent event WeChat pushed after user 1's one send is in that event's trace.
+    let traced = eventually("a delivery result", Duration::from_secs(10), || async {
+        for n in 0..2 {
+            let out = app.cli(&["trace", &format!("grant-1-{n}"), "--json"]).await;
+            let v: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+            if v["record"]["state"] == "sent" && v["record"]["delivery"]["errcode"] == 0 {
+                return Some(v);
+            }
+        }
+        None
+    })
+    .await;
+    assert_eq!(
+        traced["record"]["msgid"],
+        json!(sends_for(&sends, &openid(1))),
+        "{traced}"
+    );
+    app.cleanup().await;
+}
+
+fn sends_for(sends: &[wxpush_mock_wechat::AcceptedSend], openid: &str) -> u64 {
+    sends
+        .iter()
+        .find(|s| s.body["touser"] == openid)
+        .map(|s| s.msgid)
+        .unwrap()
+}
