@@ -48,11 +48,10 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 async fn event(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
-    let key = api.keys.event(&id);
     let found = api
         .redis
         .run("event record", async |conn| {
-            event_record::read(conn, &key).await
+            event_record::trace(conn, &api.keys, &id).await
         })
         .await;
     match found {

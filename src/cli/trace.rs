@@ -93,10 +93,19 @@ fn human(id: &str, traced: &Trace) -> String {
         line("sent", format!("{}  msgid {msgid}", at(ms)));
     }
     if let Some(d) = &traced.delivery {
-        let verdict = if d.errcode == 0 { "delivered" } else { "not delivered" };
+        let verdict = if d.errcode == 0 {
+            "delivered"
+        } else {
+            "not delivered"
+        };
         line(
             "result",
-            format!("{}  {verdict} (WeChat ErrorCode {}, {})", at(d.at_ms), d.errcode, d.status),
+            format!(
+                "{}  {verdict} (WeChat ErrorCode {}, {})",
+                at(d.at_ms),
+                d.errcode,
+                d.status
+            ),
         );
     }
     if let Some(dead) = &r.dead_letter {

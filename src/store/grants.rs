@@ -105,6 +105,8 @@ pub enum Change {
     Used,
     /// WeChat answered 43101: nothing left (long-term: off).
     Refused,
+    /// A grant taken for a send that then did not happen goes back (one-time: +1).
+    Returned,
 }
 
 impl Change {
@@ -115,6 +117,7 @@ impl Change {
             Change::TurnedOn => ("on", ""),
             Change::Used => ("use", ""),
             Change::Refused => ("refused", ""),
+            Change::Returned => ("return", ""),
         }
     }
 }
@@ -190,7 +193,7 @@ for i = 3, #ARGV, 3 do
     redis.call('HSET', KEYS[1], f .. 'kind', kind)
   end
   local long = kind == 'long'
-  if op == 'use' and not recorded then
+  if (op == 'use' or op == 'return') and not recorded then
     table.insert(out, 'unknown')
   else
     if op == 'accept' or op == 'acceptWithAudio' then
@@ -201,8 +204,10 @@ for i = 3, #ARGV, 3 do
       if long then n = 1 end
     elseif op == 'use' then
       if not long and n > 0 then n = n - 1 end
+    elseif op == 'return' then
+      if not long then n = n + 1 end
     end
-    if op ~= 'use' and op ~= 'refused' then
+    if op ~= 'use' and op ~= 'refused' and op ~= 'return' then
       redis.call('HSET', KEYS[1], f .. 'choice', op, f .. 'choice_at', now)
     end
     redis.call('HSET', KEYS[1], f .. 'n', n, f .. 'at', now)
@@ -334,6 +339,16 @@ pub async fn use_one(
             Some(Changed { after, .. }) => Used::OneTime { left: after },
         },
     )
+}
+
+/// Gives back a grant [`use_one`] took for a send that did not happen (one-time: +1).
+pub async fn give_back(
+    conn: &mut impl redis::aio::ConnectionLike,
+    key: &str,
+    template_id: &str,
+) -> redis::RedisResult<()> {
+    change_one(conn, key, template_id, Change::Returned).await?;
+    Ok(())
 }
 
 /// WeChat answered 43101: nothing left for the template (long-term: off).

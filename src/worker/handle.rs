@@ -26,12 +26,12 @@ use super::disposition::{
 use super::send::{self, Attempt};
 use crate::admin::metrics as m;
 use crate::broker::dead_letter::{self, Failure, FailureClass};
-use crate::event::{Event, Recipient};
 use crate::config::WithoutGrant;
-use crate::store::grants::{self, Grant};
+use crate::event::{Event, Recipient};
 use crate::store::claims::{
     self, CLAIM_LEASE, Claim, ClaimId, ClaimRequest, Decided, PendingDeadLetter,
 };
+use crate::store::grants::{self, Used};
 use crate::template::Template;
 use crate::token::TokenError;
 use crate::wechat::client::SubscribeMessage;
@@ -146,7 +146,7 @@ async fn decide(
     };
     let claimed = claim(ctx, &prepared, history, incoming.slot, claimed_by_us).await?;
     let openid = recipient(ctx, &prepared, &claimed, history.attempts).await?;
-    granted(ctx, &prepared, &openid, history.attempts).await?;
+    let grant_taken = granted(ctx, &prepared, &openid, history.attempts).await?;
     let mut message = prepared.message;
     message.touser = openid;
     let attempt = Attempt {
@@ -157,6 +157,7 @@ async fn decide(
         claimed_at: claimed.claimed_at,
         attempts: history.attempts,
         openid: &message.touser,
+        grant_taken,
     };
     Ok(send::send(ctx, &attempt, token, &message).await)
 }
@@ -355,28 +356,33 @@ fn dead_letter_again(
 }
 
 /// `policy.without_grant`: under `"send"` (the default) the ledger is advisory and not
-/// read; otherwise a send goes only with a grant the ledger knows of.
+/// read (`Ok(false)`). Otherwise a send goes only with a grant the ledger knows of, and takes
+/// it at once, atomically, so concurrent deliveries to one user never count one grant
+/// twice (`Ok(true)`: a grant was taken, and goes back if no send follows).
 async fn granted(
     ctx: &Ctx,
     prepared: &Prepared<'_>,
     openid: &str,
     attempts: u32,
-) -> Result<(), Disposition> {
+) -> Result<bool, Disposition> {
     let policy = ctx.config.policy.without_grant;
     if policy == WithoutGrant::Send {
-        return Ok(());
+        return Ok(false);
     }
     let key = ctx.keys.grants(&prepared.app, openid);
     let template_id = &prepared.template.template_id;
-    let grant = ctx
+    let taken = ctx
         .hot_path
         .run("grant check", async |conn| {
-            grants::check(conn, &key, template_id).await
+            grants::use_one(conn, &key, template_id).await
         })
         .await?;
-    if grant == Grant::Available {
-        return Ok(());
-    }
+    let nothing_recorded = match taken {
+        Used::OneTime { .. } => return Ok(true),
+        Used::LongTerm => return Ok(false),
+        Used::WasEmpty => false,
+        Used::Unknown => true,
+    };
     metrics::counter!(m::NO_GRANT, "app" => prepared.app.clone(), "action" => match policy {
         WithoutGrant::Skip => "skip",
         _ => "dead_letter",
@@ -389,8 +395,12 @@ async fn granted(
                 class: FailureClass::NoGrant,
                 errcode: None,
                 errmsg: format!(
-                    "no grant recorded for template {template_id} and this user ({}); not sent (policy.without_grant = \"dead_letter\")",
-                    if grant == Grant::None { "all used, rejected or turned off" } else { "nothing recorded" }
+                    "no grant for template {template_id} and this user ({}); not sent (policy.without_grant = \"dead_letter\")",
+                    if nothing_recorded {
+                        "nothing recorded"
+                    } else {
+                        "all used, rejected or turned off"
+                    }
                 ),
                 app: Some(prepared.app.clone()),
             },

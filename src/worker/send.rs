@@ -35,11 +35,36 @@ pub struct Attempt<'a> {
     pub attempts: u32,
     /// The recipient, for the grant ledger.
     pub openid: &'a str,
+    /// A grant was taken from the ledger for this send (`policy.without_grant`): it is used
+    /// by a send, and goes back when none happens.
+    pub grant_taken: bool,
+}
+
+/// Sends, and keeps the grant ledger in step: a grant taken for this send goes back unless
+/// WeChat took the message or refused it for want of a grant (43101).
+pub async fn send(
+    ctx: &Ctx,
+    this: &Attempt<'_>,
+    token: AccessToken,
+    message: &SubscribeMessage,
+) -> Disposition {
+    let fate = send_with_fresh_token(ctx, this, token, message).await;
+    let refused = match &fate {
+        Disposition::Dropped => true,
+        Disposition::DeadLetter { failure, .. } => {
+            failure.class == FailureClass::Call(ErrorClass::Refused)
+        }
+        _ => false,
+    };
+    if this.grant_taken && !refused && !matches!(fate, Disposition::Sent { .. }) {
+        update_ledger(ctx, this, Ledger::GiveBack).await;
+    }
+    fate
 }
 
 /// Sends until WeChat answers something other than a stale token (at most
 /// `retry.token_retries` token replacements).
-pub async fn send(
+async fn send_with_fresh_token(
     ctx: &Ctx,
     this: &Attempt<'_>,
     mut token: AccessToken,
@@ -112,7 +137,9 @@ async fn sent(ctx: &Ctx, this: &Attempt<'_>, msgid: u64) -> Disposition {
     if let Err(e) = marked {
         tracing::warn!(error = %ErrorChain(&e), "sent, but could not record it in Redis; acking anyway");
     }
-    update_ledger(ctx, this, Ledger::Used).await;
+    if !this.grant_taken {
+        update_ledger(ctx, this, Ledger::Used).await;
+    }
     Disposition::Sent { msgid }
 }
 
@@ -123,6 +150,8 @@ enum Ledger {
     Used,
     /// 43101: nothing left.
     Refused,
+    /// A grant taken for a send that did not happen goes back.
+    GiveBack,
 }
 
 /// Best effort: the ledger is advisory, a Redis failure here changes no message's fate.
@@ -135,6 +164,7 @@ async fn update_ledger(ctx: &Ctx, this: &Attempt<'_>, change: Ledger) {
                 .await
                 .map(drop),
             Ledger::Refused => grants::refused(conn, &key, this.template_id).await,
+            Ledger::GiveBack => grants::give_back(conn, &key, this.template_id).await,
         })
         .await;
     if let Err(e) = updated {
