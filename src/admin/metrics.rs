@@ -25,6 +25,7 @@ pub const APP_CREDENTIAL_FAILED: &str = "wxpush_app_credential_failed";
 pub const APP_PARKED: &str = "wxpush_app_parked";
 pub const THROTTLED: &str = "wxpush_throttled_total";
 pub const NO_GRANT: &str = "wxpush_no_grant_total";
+pub const OUTCOMES: &str = "wxpush_outcomes_published_total";
 pub const PARKED: &str = "wxpush_parked_total";
 pub const REDIS_UNSAFE: &str = "wxpush_redis_unsafe";
 pub const REDIS_DATA_LOST: &str = "wxpush_redis_data_lost_total";
@@ -111,6 +112,10 @@ pub fn describe() {
     describe_counter!(
         PUSH_REFUSED,
         "Message pushes refused, by reason: too_large, unknown_app, no_push_secrets, missing_param, stale_timestamp, bad_signature, plaintext_refused, wrong_appid, malformed, replay, redis."
+    );
+    describe_counter!(
+        OUTCOMES,
+        "Outcome events published to amqp.outcome_exchange, by outcome."
     );
     describe_counter!(
         NO_GRANT,

@@ -3,6 +3,7 @@
 
 pub mod dead_letter;
 pub mod headers;
+pub mod outcome;
 pub mod publish;
 pub mod topology;
 

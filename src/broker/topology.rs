@@ -40,6 +40,8 @@ pub struct RetryTier {
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub exchange: String,
+    /// `amqp.outcome_exchange`, when outcome events are on.
+    pub outcome_exchange: Option<String>,
     pub queue: String,
     pub dead_letter_queue: String,
     pub bindings: Vec<String>,
@@ -77,6 +79,7 @@ impl Topology {
             .collect();
         Topology {
             exchange: amqp.exchange.clone(),
+            outcome_exchange: amqp.outcome_exchange.clone(),
             queue: amqp.queue.clone(),
             dead_letter_queue: amqp.dead_letter_queue.clone(),
             bindings: if amqp.bindings.is_empty() {
@@ -132,6 +135,11 @@ impl Topology {
         for queue in self.queues() {
             let _ = channel
                 .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await;
+        }
+        if let Some(outcomes) = &self.outcome_exchange {
+            let _ = channel
+                .exchange_delete(outcomes.as_str().into(), ExchangeDeleteOptions::default())
                 .await;
         }
         let _ = channel
@@ -206,6 +214,20 @@ impl Topology {
             )
             .await
             .map_err(|e| hint(&format!("exchange {}", self.exchange), e))?;
+        if let Some(outcomes) = &self.outcome_exchange {
+            channel
+                .exchange_declare(
+                    outcomes.as_str().into(),
+                    ExchangeKind::Topic,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| hint(&format!("outcome exchange {outcomes}"), e))?;
+        }
         let unlimited = self.unlimited_delivery(&channel).await;
         let mut queues = vec![
             (self.queue.as_str(), self.queue_arguments(unlimited)),

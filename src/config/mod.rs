@@ -81,6 +81,9 @@ pub struct AmqpConfig {
     /// the broker returns (unroutable) is always reported to the publish it belongs to;
     /// this many publishes wait for their confirms at once.
     pub publish_channels: usize,
+    /// A topic exchange that gets one JSON message per final outcome of each event
+    /// (routing key `outcome.<kind>`); none when absent.
+    pub outcome_exchange: Option<String>,
 }
 
 impl Default for AmqpConfig {
@@ -95,6 +98,7 @@ impl Default for AmqpConfig {
             bindings: Vec::new(),
             confirm_timeout: Duration::from_secs(10),
             publish_channels: 32,
+            outcome_exchange: None,
         }
     }
 }

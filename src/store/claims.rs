@@ -56,8 +56,8 @@ static CLAIM: LazyLock<Script> = LazyLock::new(|| {
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local state = redis.call('HGET', KEYS[1], 'state')
 local openid = redis.call('HGET', KEYS[1], 'openid') or ''
-if state == 'sent' then return {'sent', openid} end
-if state == 'skipped' or state == 'refused' then return {'decided', openid} end
+if state == 'sent' then return {'sent', openid, redis.call('HGET', KEYS[1], 'msgid') or ''} end
+if state == 'skipped' or state == 'refused' then return {'decided', openid, state} end
 if (state == 'dead' or state == 'dead_pending' or state == 'ambiguous')
   and tonumber(ARGV[4]) <= tonumber(redis.call('HGET', KEYS[1], 'replayed') or '0') then
   if state == 'dead' then return {'dead', openid} end
@@ -212,9 +212,9 @@ pub enum Claim {
     /// Ours to send. `openid` is a remembered js_code exchange, if any.
     Fresh { openid: Option<String> },
     /// Already sent: ack without sending.
-    AlreadySent,
-    /// Already decided without a send (skipped for want of a grant, or refused): ack.
-    AlreadyDecided,
+    AlreadySent { msgid: Option<u64> },
+    /// Already decided without a send: ack.
+    AlreadyDecided(Decided),
     /// Another delivery holds a live claim on it right now.
     Busy,
     /// A previous claim lapsed without an answer; ours now, but it may have been sent.
@@ -276,8 +276,14 @@ pub async fn claim(
     let field = |i: usize| reply.get(i).cloned().unwrap_or_default();
     let openid = Some(field(1)).filter(|s| !s.is_empty());
     Ok(match field(0).as_str() {
-        "sent" => Claim::AlreadySent,
-        "decided" => Claim::AlreadyDecided,
+        "sent" => Claim::AlreadySent {
+            msgid: field(2).parse().ok(),
+        },
+        "decided" => Claim::AlreadyDecided(if field(2) == "refused" {
+            Decided::Refused
+        } else {
+            Decided::Skipped
+        }),
         "busy" => Claim::Busy,
         "ambiguous" => Claim::Ambiguous { openid },
         "lost" => Claim::Lost,

@@ -11,6 +11,7 @@
 
 use crate::admin::metrics as m;
 use crate::broker::dead_letter::{Failure, FailureClass};
+use crate::broker::outcome;
 use crate::config::{OnAmbiguous, OnRefused};
 use std::time::Duration;
 
@@ -27,8 +28,12 @@ use super::breaker::PROBE_EVERY;
 pub enum Disposition {
     /// WeChat accepted it: ack.
     Sent { msgid: u64 },
-    /// A redelivery of an event already sent (or already dead-lettered): ack without sending.
-    Duplicate,
+    /// A redelivery of an event already decided (sent, dead-lettered, skipped, refused): ack
+    /// without sending, repeating its outcome event (its first may not have been confirmed).
+    Duplicate {
+        decided: Option<outcome::Kind>,
+        msgid: Option<u64>,
+    },
     /// 43101 under `on_refused = "drop"`: ack, counted, logged and recorded (`refused`).
     Dropped,
     /// No grant for (user, template) under `policy.without_grant = "skip"`: WeChat is not

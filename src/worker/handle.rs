@@ -26,6 +26,7 @@ use super::disposition::{
 use super::send::{self, Attempt};
 use crate::admin::metrics as m;
 use crate::broker::dead_letter::{self, Failure, FailureClass};
+use crate::broker::outcome;
 use crate::config::WithoutGrant;
 use crate::event::{Event, Recipient};
 use crate::store::claims::{
@@ -307,9 +308,16 @@ async fn claim(
         _ => None,
     };
     let remembered_openid = match found {
-        Claim::AlreadySent | Claim::AlreadyDead | Claim::AlreadyDecided => {
+        Claim::AlreadySent { .. } | Claim::AlreadyDead | Claim::AlreadyDecided(_) => {
             metrics::counter!(m::DUPLICATES_SKIPPED).increment(1);
-            return Err(Disposition::Duplicate);
+            let msgid = match found {
+                Claim::AlreadySent { msgid } => msgid,
+                _ => None,
+            };
+            return Err(Disposition::Duplicate {
+                decided: Some(already(&found)),
+                msgid,
+            });
         }
         Claim::Busy => return Err(Disposition::Later),
         Claim::DeadLetterPending(pending) => {
@@ -330,6 +338,16 @@ async fn claim(
         claimed_at,
         remembered_openid,
     })
+}
+
+/// The outcome an already decided event had.
+fn already(found: &Claim) -> outcome::Kind {
+    match found {
+        Claim::AlreadySent { .. } => outcome::Kind::Sent,
+        Claim::AlreadyDecided(Decided::Refused) => outcome::Kind::Refused,
+        Claim::AlreadyDecided(Decided::Skipped) => outcome::Kind::Skipped,
+        _ => outcome::Kind::DeadLettered,
+    }
 }
 
 /// A redelivery of an event whose dead letter was decided but not confirmed: the same dead

@@ -17,6 +17,7 @@ use super::disposition::{DeadRecord, Disposition};
 use crate::admin::metrics as m;
 use crate::broker::dead_letter;
 use crate::broker::headers as h;
+use crate::broker::outcome::{self, Outcome};
 use crate::broker::publish::{self, Publisher};
 use crate::store::StoreError;
 use crate::store::claims::{self, PendingDeadLetter, PendingMark};
@@ -67,6 +68,13 @@ pub async fn settle(
             }
         }
     }
+    // The outcome event goes out before the ack (and before a dead letter), so a crash can
+    // repeat it but never lose it.
+    if let Err(e) = publish_outcome(ctx, publisher, delivery, disposition).await {
+        tracing::warn!(error = %e, "could not publish the outcome event; handing the message back");
+        nack(acker, delivery).await;
+        return REPUBLISH_FAILED;
+    }
     let step = match next_step(ctx, delivery, disposition) {
         Ok(None) => {
             acker.ack(delivery.delivery_tag);
@@ -102,10 +110,68 @@ pub async fn settle(
     }
 }
 
+/// The outcome event of a final disposition, when `amqp.outcome_exchange` is set.
+fn outcome_of(delivery: &Delivery, disposition: &Disposition) -> Option<Outcome> {
+    let peeked = || crate::event::peek(&delivery.data);
+    let (kind, msgid) = match disposition {
+        Disposition::Sent { msgid } => (outcome::Kind::Sent, Some(*msgid)),
+        Disposition::Dropped => (outcome::Kind::Refused, None),
+        Disposition::Skipped => (outcome::Kind::Skipped, None),
+        Disposition::Duplicate {
+            decided: Some(kind),
+            msgid,
+        } => (*kind, *msgid),
+        Disposition::DeadLetter { failure, .. } => {
+            let mut dead = Outcome::of(outcome::Kind::DeadLettered, peeked());
+            dead.class = Some(failure.class.as_str().to_owned());
+            dead.errcode = failure.errcode;
+            dead.errmsg = Some(failure.errmsg.clone());
+            return Some(dead);
+        }
+        _ => return None,
+    };
+    let mut outcome = Outcome::of(kind, peeked());
+    outcome.msgid = msgid;
+    Some(outcome)
+}
+
+async fn publish_outcome(
+    ctx: &Ctx,
+    publisher: &Publisher,
+    delivery: &Delivery,
+    disposition: &Disposition,
+) -> Result<(), publish::PublishError> {
+    let Some(exchange) = &ctx.topology.outcome_exchange else {
+        return Ok(());
+    };
+    let Some(outcome) = outcome_of(delivery, disposition) else {
+        return Ok(());
+    };
+    let properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2);
+    let published = publisher
+        .publish(
+            exchange,
+            &outcome.outcome.routing_key(),
+            &outcome.body(),
+            properties,
+        )
+        .await;
+    match published {
+        // Nobody listens for this kind: the consumers' choice, not a failure.
+        Err(publish::PublishError::Unroutable { .. }) | Ok(()) => {
+            metrics::counter!(m::OUTCOMES, "outcome" => outcome.outcome.as_str()).increment(1);
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn label_of(disposition: &Disposition) -> &'static str {
     match disposition {
         Disposition::Sent { .. } => "sent",
-        Disposition::Duplicate => "duplicate",
+        Disposition::Duplicate { .. } => "duplicate",
         Disposition::Dropped => "dropped",
         Disposition::Skipped => "skipped",
         Disposition::Retry { .. } => "retry",
@@ -127,7 +193,7 @@ fn next_step<'a>(
     let label = label_of(disposition);
     let (queue, headers) = match disposition {
         Disposition::Sent { .. }
-        | Disposition::Duplicate
+        | Disposition::Duplicate { .. }
         | Disposition::Dropped
         | Disposition::Skipped => {
             return Ok(None);
