@@ -112,3 +112,38 @@ async fn the_minute_rate_holds_sends_until_the_next_minute() {
     );
     app.cleanup().await;
 }
+
+/// 45009 on a token fetch (the token endpoint's daily quota) holds the app the same way:
+/// its messages wait parked, nothing is dead-lettered, a probe fetches again, and when the
+/// quota is back every event is sent once.
+#[tokio::test]
+async fn a_used_up_token_quota_parks_the_app_until_a_probe_gets_a_token() {
+    use wxpush_mock_wechat::{Fault, FaultTarget};
+    let app = TestApp::start_with("token-quota", MockOptions::default(), |c| {
+        c.wechat.quota_probe_every = Duration::from_millis(500);
+    })
+    .await;
+    // The first three fetches hit the quota: the first parks the app, the probes after it
+    // find the quota still used up, then it is back.
+    app.mock.push_faults(
+        FaultTarget::Token,
+        vec![
+            Fault::Errcode(45009),
+            Fault::Errcode(45009),
+            Fault::Errcode(45009),
+        ],
+    );
+    let worker = app.worker().await;
+    let n = 50;
+    app.publish_all(&order_events("tq", n)).await;
+    let sends = app.sent(n).await;
+    worker.shutdown().await.unwrap();
+    assert_each_sent_once(&sends, n);
+    assert_eq!(app.dead_len().await, 0, "nothing dead-lettered");
+    assert_eq!(
+        answers(&app, "45009"),
+        3,
+        "one fetch per probe, not one per message"
+    );
+    app.cleanup().await;
+}
