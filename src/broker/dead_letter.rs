@@ -317,7 +317,7 @@ mod tests {
             assert_eq!(class.as_str().parse::<FailureClass>(), Ok(*class));
         }
         let err = "nope".parse::<FailureClass>().unwrap_err();
-        assert!(err.contains("invalid, ambiguous, token"), "{err}");
+        assert!(err.contains("invalid, ambiguous, no_grant, token"), "{err}");
     }
 
     #[test]
