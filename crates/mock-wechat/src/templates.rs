@@ -119,7 +119,8 @@ impl TemplateDef {
             if self.keys.iter().filter(|k| *k == key).count() > 1 {
                 return Err(format!("key {key:?} is listed twice"));
             }
-            if !self.enum_values.contains_key(key) && !value_rules::is_known_key(key) {
+            let listed = self.enum_values.contains_key(key);
+            if !listed && (!value_rules::is_known_key(key) || value_rules::is_enum_key(key)) {
                 return Err(format!(
                     "key {key:?} has no WeChat type (thing1, amount2, time3, …); an enum key needs its values"
                 ));

@@ -218,6 +218,12 @@ pub fn is_known_key(key: &str) -> bool {
     key_type(key).is_some()
 }
 
+/// Whether a data key is of the `enum` type (`enum3`, `enum_string2`), whose values only
+/// the template's own list defines.
+pub fn is_enum_key(key: &str) -> bool {
+    key_type(key).is_some_and(|t| t.name == "enum" || t.name == "enum_string")
+}
+
 /// Checks one data value the way WeChat does: `Ok` when WeChat accepts `value` for `key`.
 pub fn accepts(key: &str, value: &str) -> Result<(), Reason> {
     let key_type = key_type(key).ok_or(Reason::UnknownType)?;
