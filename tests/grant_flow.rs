@@ -10,23 +10,12 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
-use wxpush::config::{PushConfig, WithoutGrant};
+use wxpush::config::WithoutGrant;
 use wxpush::worker::Worker;
-use wxpush_mock_wechat::{MockOptions, PushFormat, PushTarget};
-
-const PUSH_TOKEN_ENV: &str = "WXPUSH_TEST_PUSH_TOKEN";
-const PUSH_TOKEN: &str = "pushtoken123";
-const AES_ENV: &str = "WXPUSH_TEST_PUSH_AES_KEY";
-/// 43 characters of canonical base64 (32 bytes).
-const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFE";
+use wxpush_mock_wechat::MockOptions;
 
 #[tokio::test]
 async fn without_grant_skip_sends_exactly_the_granted_messages() {
-    // SAFETY: every test in this process sets the same values.
-    unsafe {
-        std::env::set_var(PUSH_TOKEN_ENV, PUSH_TOKEN);
-        std::env::set_var(AES_ENV, AES_KEY);
-    }
     let app = TestApp::start_with(
         "grants",
         MockOptions {
@@ -35,28 +24,12 @@ async fn without_grant_skip_sends_exactly_the_granted_messages() {
         },
         |c| {
             c.policy.without_grant = WithoutGrant::Skip;
-            c.push = Some(PushConfig {
-                listen: "127.0.0.1:0".parse().unwrap(),
-            });
-            let default = c.apps.get_mut("default").unwrap().get_mut();
-            default.push_token_env = Some(PUSH_TOKEN_ENV.into());
-            default.push_aes_key_env = Some(AES_ENV.into());
+            enable_push(c);
         },
     )
     .await;
     let worker = Worker::start(app.config.clone()).await.unwrap();
-    let push = worker.push_addr.expect("the receiver listens");
-    app.mock
-        .configure_push(
-            APPID,
-            PushTarget {
-                url: format!("http://{push}/wechat/push/default"),
-                token: PUSH_TOKEN.into(),
-                aes_key: Some(AES_KEY.into()),
-                format: PushFormat::Json,
-            },
-        )
-        .unwrap();
+    push_to(&app.mock, &worker);
     // Users 0, 1 and 2 grant 0, 1 and 2 one-time sends of the template.
     for (user, taps) in [(1, 1), (2, 2)] {
         for tap in 0..taps {

@@ -1,8 +1,11 @@
 //! Outcome events: with `amqp.outcome_exchange` set, every final outcome of an event is
 //! published there as JSON, routing key `outcome.<kind>`, with publisher confirms, so
 //! business services can react (resend through another channel, stop a reminder) without
-//! polling. Published before the message is acked (and before its dead letter), so a crash
-//! can repeat an outcome but never lose one; consumers dedupe by `id`.
+//! polling. The worker publishes sent, dead_lettered, skipped and refused before the
+//! message is acked (and before its dead letter), so a crash can repeat an outcome but
+//! never lose one; the message-push receiver publishes delivered and failed when WeChat
+//! reports a send's final result, before it answers WeChat (which retries a push that
+//! failed). Consumers dedupe by `id` (and `outcome`).
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -16,6 +19,10 @@ use crate::event::Peeked;
 pub enum Kind {
     /// WeChat accepted the send.
     Sent,
+    /// WeChat reported the message delivered (`subscribe_msg_sent_event`, ErrorCode 0).
+    Delivered,
+    /// WeChat reported the message not delivered (`subscribe_msg_sent_event`, ErrorCode ≠ 0).
+    Failed,
     /// Dead-lettered (the reason is in the event).
     DeadLettered,
     /// Not sent for want of a grant (`policy.without_grant = "skip"`).
@@ -28,6 +35,8 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Sent => "sent",
+            Kind::Delivered => "delivered",
+            Kind::Failed => "failed",
             Kind::DeadLettered => "dead_lettered",
             Kind::Skipped => "skipped",
             Kind::Refused => "refused",

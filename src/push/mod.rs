@@ -20,6 +20,7 @@
 
 pub mod crypto;
 pub mod message;
+pub mod outcomes;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -73,6 +74,8 @@ pub struct Receiver {
     keys: Keys,
     redis: HotPath,
     result_ttl: Duration,
+    /// `delivered` / `failed` outcome events, when `amqp.outcome_exchange` is set.
+    outcomes: Option<outcomes::OutcomePublisher>,
 }
 
 impl Receiver {
@@ -105,6 +108,7 @@ impl Receiver {
             keys: Keys::new(&config.redis.key_prefix),
             redis,
             result_ttl: config.policy.idempotency_ttl,
+            outcomes: outcomes::OutcomePublisher::new(config),
         })
     }
 
@@ -407,21 +411,82 @@ async fn record(
             format!("nonce {nonce} with timestamp {timestamp} was seen before"),
         ));
     }
-    match apply(receiver, app, &push, &mut conn).await {
+    let applied = match apply(receiver, app, &push, &mut conn).await {
+        Ok(result) => publish_outcomes(receiver, app, &push, &mut conn)
+            .await
+            .map(|()| result),
+        Err(e) => Err(unavailable(e)),
+    };
+    match applied {
         Ok(result) => {
             metrics::counter!(m::PUSH_EVENTS, "app" => app.to_owned(), "event" => event_label(&push.body), "result" => result)
                 .increment(1);
             tracing::info!(app, event = %push.event, result, "message push");
             Ok("success".into())
         }
-        Err(e) => {
+        Err(refusal) => {
             let _: redis::RedisResult<i64> = redis::cmd("DEL")
                 .arg(&nonce_key)
                 .query_async(&mut conn)
                 .await;
-            Err(unavailable(e))
+            Err(refusal)
         }
     }
+}
+
+/// How long the receiver waits for the worker to index a msgid it has just been told of:
+/// WeChat may report a send's result within milliseconds of answering the send, while the
+/// worker writes the index right after that answer.
+const INDEX_WAIT: Duration = Duration::from_millis(500);
+
+/// The event id the worker indexed for `msgid`, waiting up to [`INDEX_WAIT`] for a send
+/// whose answer just came; `None` when there is none (the worker died right after the send,
+/// or the index expired): the outcome then carries the msgid only.
+async fn event_behind(
+    receiver: &Receiver,
+    app: &str,
+    msgid: &str,
+    conn: &mut impl redis::aio::ConnectionLike,
+) -> Result<Option<String>, Refusal> {
+    let key = receiver.keys.msg_event(app, msgid);
+    let deadline = tokio::time::Instant::now() + INDEX_WAIT;
+    loop {
+        let found: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(conn)
+            .await
+            .map_err(|e| unavailable(StoreError::new("msgid index", e)))?;
+        if found.is_some() || tokio::time::Instant::now() >= deadline {
+            return Ok(found);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// For a sent event, the `delivered`/`failed` outcome of each send it reports.
+async fn publish_outcomes(
+    receiver: &Receiver,
+    app: &str,
+    push: &Push,
+    conn: &mut impl redis::aio::ConnectionLike,
+) -> Result<(), Refusal> {
+    let (Some(outcomes), Body::Sent(results)) = (&receiver.outcomes, &push.body) else {
+        return Ok(());
+    };
+    for r in results {
+        let event_id = event_behind(receiver, app, &r.msgid, conn).await?;
+        outcomes
+            .delivery(app, event_id, &r.msgid, r.error_code, &r.error_status)
+            .await
+            .map_err(|e| {
+                refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "outcome",
+                    format!("could not publish the outcome event: {e:#}"),
+                )
+            })?;
+    }
+    Ok(())
 }
 
 fn event_label(body: &Body) -> &'static str {

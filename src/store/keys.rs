@@ -67,6 +67,12 @@ impl Keys {
         )
     }
 
+    /// The event id a send's msgid belongs to (for the pushed result's outcome event);
+    /// tagged like [`Keys::msg_result`].
+    pub fn msg_event(&self, app: &str, msgid: &str) -> String {
+        format!("{}:msg-event:{{{app}:{msgid}}}", self.prefix)
+    }
+
     /// Hash with the final delivery result WeChat pushed for a sent message (see
     /// `store::delivery_result`).
     pub fn msg_result(&self, app: &str, msgid: &str) -> String {

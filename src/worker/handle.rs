@@ -151,6 +151,7 @@ async fn decide(
     let mut message = prepared.message;
     message.touser = openid;
     let attempt = Attempt {
+        event_id: &prepared.event.id,
         app,
         template_id: &prepared.template.template_id,
         key: &claimed.key,

@@ -20,9 +20,11 @@ use crate::wechat::client::{AccessToken, CallError, SubscribeMessage};
 use crate::wechat::errcode::{
     self, Action, ErrorClass, classify_call, is_ambiguous, outcome_label,
 };
+use deadpool_redis::redis;
 
 /// The message being sent: what the send loop needs to record and decide its outcome.
 pub struct Attempt<'a> {
+    pub event_id: &'a str,
     pub app: &'a str,
     pub template_id: &'a str,
     /// The event's idempotency key in Redis.
@@ -140,7 +142,33 @@ async fn sent(ctx: &Ctx, this: &Attempt<'_>, msgid: u64) -> Disposition {
     if !this.grant_taken {
         update_ledger(ctx, this, Ledger::Used).await;
     }
+    remember_msgid(ctx, this, msgid).await;
     Disposition::Sent { msgid }
+}
+
+/// Where WeChat's pushed result for this send will publish an outcome event, it needs the
+/// event id behind the msgid: one more write, only in deployments with both.
+async fn remember_msgid(ctx: &Ctx, this: &Attempt<'_>, msgid: u64) {
+    if ctx.config.push.is_none() || ctx.topology.outcome_exchange.is_none() {
+        return;
+    }
+    let key = ctx.keys.msg_event(this.app, &msgid.to_string());
+    let ttl = ctx.config.policy.idempotency_ttl;
+    let written = ctx
+        .hot_path
+        .run("msgid index", async |conn| {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(this.event_id)
+                .arg("PX")
+                .arg(ttl.as_millis().max(1) as u64)
+                .query_async::<()>(conn)
+                .await
+        })
+        .await;
+    if let Err(e) = written {
+        tracing::warn!(error = %ErrorChain(&e), "could not index the msgid; its delivery outcome will carry no event id");
+    }
 }
 
 /// What a send tells the grant ledger.

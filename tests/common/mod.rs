@@ -916,3 +916,41 @@ pub fn set_toml(table: &mut toml::Table, section: &str, key: &str, value: impl I
     }
     at.insert(key.into(), value.into());
 }
+
+// ----- WeChat's message push (tests/grant_flow.rs, tests/outcomes.rs) -----
+
+const PUSH_TOKEN_ENV: &str = "WXPUSH_TEST_PUSH_TOKEN";
+const PUSH_TOKEN: &str = "pushtoken123";
+const PUSH_AES_ENV: &str = "WXPUSH_TEST_PUSH_AES_KEY";
+/// 43 characters of canonical base64 (32 bytes).
+const PUSH_AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFE";
+
+/// Turns on the message-push receiver (any free port) for the `default` app, in safe mode.
+pub fn enable_push(config: &mut Config) {
+    // SAFETY: every test in the process sets the same values.
+    unsafe {
+        std::env::set_var(PUSH_TOKEN_ENV, PUSH_TOKEN);
+        std::env::set_var(PUSH_AES_ENV, PUSH_AES_KEY);
+    }
+    config.push = Some(wxpush::config::PushConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+    });
+    let default = config.apps.get_mut("default").unwrap().get_mut();
+    default.push_token_env = Some(PUSH_TOKEN_ENV.into());
+    default.push_aes_key_env = Some(PUSH_AES_ENV.into());
+}
+
+/// Points the emulator's pushes for the app at the worker's receiver (JSON, safe mode).
+pub fn push_to(mock: &MockServer, worker: &Worker) {
+    let push = worker.push_addr.expect("the receiver listens ([push] set)");
+    mock.configure_push(
+        APPID,
+        wxpush_mock_wechat::PushTarget {
+            url: format!("http://{push}/wechat/push/default"),
+            token: PUSH_TOKEN.into(),
+            aes_key: Some(PUSH_AES_KEY.into()),
+            format: wxpush_mock_wechat::PushFormat::Json,
+        },
+    )
+    .expect("push target");
+}
