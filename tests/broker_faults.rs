@@ -546,6 +546,7 @@ async fn a_memory_alarm_blocks_no_acks_and_sigterm_still_exits() {
     let grace = Duration::from_secs(5);
     let (_dir, path) = config_file(&app, |t| {
         set(t, "policy", "on_ambiguous", "dead_letter");
+        set(t, "policy", "unsafe_redis", true); // the test Redis keeps nothing on disk
         set(t, "amqp", "confirm_timeout", "3s");
         set(t, "worker", "shutdown_grace", "5s");
     });
