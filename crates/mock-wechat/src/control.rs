@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -55,20 +55,37 @@ impl IntoResponse for BadRequest {
 
 type Answer = Result<Response, BadRequest>;
 
+fn reply(body: serde_json::Value) -> Answer {
+    Ok(Json(body).into_response())
+}
+
 fn ok() -> Answer {
-    Ok(Json(json!({"ok": true})).into_response())
+    reply(json!({"ok": true}))
 }
 
-/// Parses the body whatever its content type, so `curl -d` works without `-H`.
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, BadRequest> {
-    serde_json::from_slice(body).map_err(|e| BadRequest(format!("bad request body: {e}")))
+/// A control request's JSON body, parsed whatever its content type so `curl -d` works
+/// without `-H`; one that does not parse is a [`BadRequest`].
+struct Body<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        serde_json::from_slice(&body)
+            .map(Body)
+            .map_err(|e| BadRequest(format!("bad request body: {e}")).into_response())
+    }
 }
 
-fn non_empty(field: &str, value: &str) -> Result<(), BadRequest> {
-    if value.is_empty() {
-        Err(BadRequest(format!("{field} must not be empty")))
-    } else {
-        Ok(())
+/// Refuses the first of `fields` (name, value) that is empty: serde takes `""` for a string
+/// field, but no app, code, user or template is named by it.
+fn non_empty(fields: &[(&str, &str)]) -> Result<(), BadRequest> {
+    match fields.iter().find(|(_, value)| value.is_empty()) {
+        Some((field, _)) => Err(BadRequest(format!("{field} must not be empty"))),
+        None => Ok(()),
     }
 }
 
@@ -79,10 +96,8 @@ struct AppBody {
     secret: String,
 }
 
-async fn apps(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
-    let b: AppBody = parse(&body)?;
-    non_empty("appid", &b.appid)?;
-    non_empty("secret", &b.secret)?;
+async fn apps(State(s): State<Arc<Shared>>, Body(b): Body<AppBody>) -> Answer {
+    non_empty(&[("appid", &b.appid), ("secret", &b.secret)])?;
     s.register_app(&b.appid, &b.secret);
     ok()
 }
@@ -95,11 +110,12 @@ struct CodeBody {
     openid: String,
 }
 
-async fn codes(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
-    let b: CodeBody = parse(&body)?;
-    non_empty("appid", &b.appid)?;
-    non_empty("js_code", &b.js_code)?;
-    non_empty("openid", &b.openid)?;
+async fn codes(State(s): State<Arc<Shared>>, Body(b): Body<CodeBody>) -> Answer {
+    non_empty(&[
+        ("appid", &b.appid),
+        ("js_code", &b.js_code),
+        ("openid", &b.openid),
+    ])?;
     s.register_code(&b.appid, &b.js_code, &b.openid);
     ok()
 }
@@ -117,13 +133,11 @@ struct SubscriptionBody {
     count: u32,
 }
 
-async fn subscriptions(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
-    let b: SubscriptionBody = parse(&body)?;
-    non_empty("openid", &b.openid)?;
-    non_empty("template_id", &b.template_id)?;
+async fn subscriptions(State(s): State<Arc<Shared>>, Body(b): Body<SubscriptionBody>) -> Answer {
+    non_empty(&[("openid", &b.openid), ("template_id", &b.template_id)])?;
     s.grant_subscription(&b.openid, &b.template_id, b.count);
     let left = s.subscriptions_left(&b.openid, &b.template_id);
-    Ok(Json(json!({"ok": true, "remaining": left})).into_response())
+    reply(json!({"ok": true, "remaining": left}))
 }
 
 fn one_time() -> u8 {
@@ -146,8 +160,7 @@ struct TemplateBody {
     labels: BTreeMap<String, String>,
 }
 
-async fn templates(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
-    let b: TemplateBody = parse(&body)?;
+async fn templates(State(s): State<Arc<Shared>>, Body(b): Body<TemplateBody>) -> Answer {
     let kind = TemplateKind::from_code(b.kind).ok_or_else(|| {
         BadRequest(format!(
             "type {} is not a template type (2 one-time, 3 long-term)",
@@ -175,8 +188,7 @@ struct FaultsBody {
     faults: Vec<Fault>,
 }
 
-async fn faults(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
-    let b: FaultsBody = parse(&body)?;
+async fn faults(State(s): State<Arc<Shared>>, Body(b): Body<FaultsBody>) -> Answer {
     s.faults.push(b.target, b.faults);
     ok()
 }
@@ -195,8 +207,7 @@ struct FaultRateBody {
     ratio: f64,
 }
 
-async fn fault_rate(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
-    let b: FaultRateBody = parse(&body)?;
+async fn fault_rate(State(s): State<Arc<Shared>>, Body(b): Body<FaultRateBody>) -> Answer {
     if !(0.0..=1.0).contains(&b.ratio) {
         return Err(BadRequest("ratio must be between 0 and 1".into()));
     }
@@ -210,8 +221,7 @@ struct LatencyBody {
     ms: u64,
 }
 
-async fn latency(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
-    let b: LatencyBody = parse(&body)?;
+async fn latency(State(s): State<Arc<Shared>>, Body(b): Body<LatencyBody>) -> Answer {
     s.set_latency(Duration::from_millis(b.ms));
     ok()
 }
@@ -232,16 +242,15 @@ struct SendQuotaBody {
 
 /// Sets the app's daily limit and/or uses up today's quota, then answers the quota as
 /// get_api_quota would; `{"appid"}` alone only reads it.
-async fn send_quota(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
-    let b: SendQuotaBody = parse(&body)?;
-    non_empty("appid", &b.appid)?;
+async fn send_quota(State(s): State<Arc<Shared>>, Body(b): Body<SendQuotaBody>) -> Answer {
+    non_empty(&[("appid", &b.appid)])?;
     if let Some(limit) = b.daily_limit {
         s.set_send_quota(&b.appid, limit);
     }
     if b.exhaust {
         s.exhaust_send_quota(&b.appid);
     }
-    Ok(Json(json!({"ok": true, "quota": s.send_quota(&b.appid)})).into_response())
+    reply(json!({"ok": true, "quota": s.send_quota(&b.appid)}))
 }
 
 #[derive(Deserialize)]
@@ -251,8 +260,7 @@ struct SendRateBody {
     per_sec: Option<u32>,
 }
 
-async fn send_rate(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
-    let b: SendRateBody = parse(&body)?;
+async fn send_rate(State(s): State<Arc<Shared>>, Body(b): Body<SendRateBody>) -> Answer {
     s.set_send_rate(b.per_sec);
     ok()
 }
@@ -271,16 +279,15 @@ struct PushTargetBody {
     target: PushTarget,
 }
 
-async fn push_target(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
-    let b: PushTargetBody = parse(&body)?;
-    non_empty("appid", &b.appid)?;
+async fn push_target(State(s): State<Arc<Shared>>, Body(b): Body<PushTargetBody>) -> Answer {
+    non_empty(&[("appid", &b.appid)])?;
     s.push.configure(&b.appid, b.target).map_err(BadRequest)?;
     ok()
 }
 
 fn pushed(result: Result<Option<u16>, String>) -> Answer {
     let status = result.map_err(BadRequest)?;
-    Ok(Json(json!({"ok": true, "status": status})).into_response())
+    reply(json!({"ok": true, "status": status}))
 }
 
 /// `{"appid", "openid", "choices": [["TEMPLATE_ID", "accept"], …]}`
@@ -292,8 +299,7 @@ struct UserTapsBody {
     choices: Vec<(String, String)>,
 }
 
-async fn user_taps(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
-    let b: UserTapsBody = parse(&body)?;
+async fn user_taps(State(s): State<Arc<Shared>>, Body(b): Body<UserTapsBody>) -> Answer {
     let choices: Vec<(&str, &str)> = b
         .choices
         .iter()
@@ -310,8 +316,7 @@ struct UserTurnsOffBody {
     template_id: String,
 }
 
-async fn user_turns_off(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
-    let b: UserTurnsOffBody = parse(&body)?;
+async fn user_turns_off(State(s): State<Arc<Shared>>, Body(b): Body<UserTurnsOffBody>) -> Answer {
     pushed(s.user_turns_off(&b.appid, &b.openid, &b.template_id).await)
 }
 
@@ -323,8 +328,7 @@ struct SentResultBody {
     error_status: String,
 }
 
-async fn sent_result(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
-    let b: SentResultBody = parse(&body)?;
+async fn sent_result(State(s): State<Arc<Shared>>, Body(b): Body<SentResultBody>) -> Answer {
     s.push
         .set_sent_result(&b.appid, b.error_code, &b.error_status);
     ok()
@@ -336,10 +340,9 @@ struct AppBodyOnly {
     appid: String,
 }
 
-async fn verify_url(State(s): State<Arc<Shared>>, body: Bytes) -> Answer {
-    let b: AppBodyOnly = parse(&body)?;
+async fn verify_url(State(s): State<Arc<Shared>>, Body(b): Body<AppBodyOnly>) -> Answer {
     let echoed = s.push.verify_url(&b.appid).await.map_err(BadRequest)?;
-    Ok(Json(json!({"ok": echoed})).into_response())
+    reply(json!({"ok": echoed}))
 }
 
 async fn pushes(State(s): State<Arc<Shared>>) -> Response {

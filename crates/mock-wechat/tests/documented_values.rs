@@ -7,12 +7,11 @@
 //! subscribe/send, where a refusal must be WeChat's 47003 naming the key. Nothing here
 //! comes from the product's rules.
 
-use std::net::SocketAddr;
+mod support;
 
-use serde_json::{Value, json};
-use wxpush_mock_wechat::{MockOptions, MockServer, accepts_value};
-
-const OPENID: &str = "o6_bmjrPTlm6_2sgVt7hMZOPfL2M";
+use serde_json::json;
+use support::{Api, OPENID};
+use wxpush_mock_wechat::{MockOptions, accepts_value};
 
 /// One documented case: the key, the value and whether WeChat accepts it, with why.
 struct Case {
@@ -267,21 +266,8 @@ fn documented_values_through_accepts_value() {
 
 #[tokio::test]
 async fn documented_values_through_subscribe_send() {
-    let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let server = MockServer::start(MockOptions::default(), any_port)
-        .await
-        .unwrap();
-    let http = reqwest::Client::new();
-    let token: Value = http
-        .post(format!("{}/cgi-bin/stable_token", server.base_url()))
-        .json(&json!({"grant_type": "client_credential", "appid": "wx1", "secret": "s"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = token["access_token"].as_str().unwrap().to_owned();
+    let api = Api::start(MockOptions::default()).await;
+    let token = api.token().await;
 
     let mut wrong = Vec::new();
     for case in cases() {
@@ -290,19 +276,7 @@ async fn documented_values_through_subscribe_send() {
             "template_id": "TPL",
             "data": {case.key: {"value": case.value}},
         });
-        let answer: Value = http
-            .post(format!(
-                "{}/cgi-bin/message/subscribe/send",
-                server.base_url()
-            ))
-            .query(&[("access_token", &token)])
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer = api.send(&token, &body).await;
         let expected_errmsg = format!("argument invalid! data.{}.value invalid rid: ", case.key);
         let as_expected = if case.accepted {
             answer["errcode"] == 0
@@ -321,6 +295,6 @@ async fn documented_values_through_subscribe_send() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     let accepted = cases().iter().filter(|c| c.accepted).count();
-    assert_eq!(server.stats().sends_ok, accepted as u64);
-    server.shutdown().await;
+    assert_eq!(api.server.stats().sends_ok, accepted as u64);
+    api.server.shutdown().await;
 }

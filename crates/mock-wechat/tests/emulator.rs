@@ -1,143 +1,13 @@
 //! The WeChat emulator over real HTTP: each test starts its own server on a free port and
 //! talks to it the way the worker (or a curl user) would.
 
-use std::net::SocketAddr;
+mod support;
+
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::{APPID, Api, OPENID, SECRET, errcode, errmsg, token_of};
 use wxpush_mock_wechat::{Fault, FaultTarget, MockOptions, MockServer, MockStats};
-
-const OPENID: &str = "o6_bmjrPTlm6_2sgVt7hMZOPfL2M";
-const APPID: &str = "wx0123456789abcdef";
-const SECRET: &str = "secret";
-
-fn any_port() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-struct Api {
-    server: MockServer,
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    async fn start(opts: MockOptions) -> Api {
-        let server = MockServer::start(opts, any_port()).await.unwrap();
-        Api {
-            base: server.base_url(),
-            server,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn classic(&self, appid: &str, secret: &str) -> Value {
-        self.http
-            .get(format!("{}/cgi-bin/token", self.base))
-            .query(&[
-                ("grant_type", "client_credential"),
-                ("appid", appid),
-                ("secret", secret),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn stable(&self, appid: &str, secret: &str, force_refresh: bool) -> Value {
-        self.http
-            .post(format!("{}/cgi-bin/stable_token", self.base))
-            .json(&json!({
-                "grant_type": "client_credential",
-                "appid": appid,
-                "secret": secret,
-                "force_refresh": force_refresh,
-            }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn token(&self) -> String {
-        token_of(&self.stable(APPID, SECRET, false).await)
-    }
-
-    async fn send_raw(&self, token: Option<&str>, body: &str) -> reqwest::Response {
-        let mut req = self
-            .http
-            .post(format!("{}/cgi-bin/message/subscribe/send", self.base))
-            .header("content-type", "application/json")
-            .body(body.to_owned());
-        if let Some(token) = token {
-            req = req.query(&[("access_token", token)]);
-        }
-        req.send().await.unwrap()
-    }
-
-    async fn send(&self, token: &str, body: &Value) -> Value {
-        self.send_raw(Some(token), &body.to_string())
-            .await
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn jscode(&self, appid: &str, secret: &str, code: &str) -> Value {
-        self.http
-            .get(format!("{}/sns/jscode2session", self.base))
-            .query(&[
-                ("appid", appid),
-                ("secret", secret),
-                ("js_code", code),
-                ("grant_type", "authorization_code"),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn control(&self, path: &str, body: Value) -> (u16, Value) {
-        let resp = self
-            .http
-            .post(format!("{}/mock/{path}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (resp.status().as_u16(), resp.json().await.unwrap())
-    }
-
-    async fn control_get(&self, path: &str) -> Value {
-        self.http
-            .get(format!("{}/mock/{path}", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-}
-
-fn token_of(answer: &Value) -> String {
-    answer["access_token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no token in {answer}"))
-        .to_owned()
-}
-
-fn errcode(answer: &Value) -> i64 {
-    answer["errcode"].as_i64().unwrap_or(0)
-}
 
 fn message() -> Value {
     json!({
@@ -190,9 +60,7 @@ async fn classic_fetch_with_zero_overlap_invalidates_the_previous_token_at_once(
     let stale = api.send(&a, &message()).await;
     assert_eq!(errcode(&stale), 40001, "{stale}");
     assert!(
-        stale["errmsg"]
-            .as_str()
-            .unwrap()
+        errmsg(&stale)
             .starts_with("invalid credential, access_token is invalid or not latest rid: ")
     );
     assert_eq!(errcode(&api.send(&b, &message()).await), 0);
@@ -239,33 +107,20 @@ async fn classic_token_errors_grant_type_and_daily_quota() {
         ..MockOptions::default()
     })
     .await;
-    let wrong: Value = api
-        .http
-        .get(format!("{}/cgi-bin/token", api.base))
-        .query(&[
-            ("grant_type", "password"),
-            ("appid", APPID),
-            ("secret", SECRET),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let wrong = api
+        .get(
+            "/cgi-bin/token",
+            &[
+                ("grant_type", "password"),
+                ("appid", APPID),
+                ("secret", SECRET),
+            ],
+        )
+        .await;
     assert_eq!(errcode(&wrong), 40002);
-    let missing: Value = api
-        .http
-        .get(format!(
-            "{}/cgi-bin/token?grant_type=client_credential",
-            api.base
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let missing = api
+        .get("/cgi-bin/token", &[("grant_type", "client_credential")])
+        .await;
     assert_eq!(errcode(&missing), 41002);
     token_of(&api.classic(APPID, SECRET).await);
     token_of(&api.classic(APPID, SECRET).await);
@@ -354,27 +209,20 @@ async fn stable_token_bad_body_answers_47001() {
         r#"{"grant_type":"client_credential","appid":"a","secret":"b","force_refresh":"yes"}"#,
     ] {
         let answer: Value = api
-            .http
-            .post(format!("{}/cgi-bin/stable_token", api.base))
-            .body(body)
-            .send()
+            .post_raw("/cgi-bin/stable_token", &[], body)
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
         assert_eq!(errcode(&answer), 47001, "{body}: {answer}");
     }
-    let no_grant: Value = api
-        .http
-        .post(format!("{}/cgi-bin/stable_token", api.base))
-        .json(&json!({"appid": APPID, "secret": SECRET}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let no_grant = api
+        .post(
+            "/cgi-bin/stable_token",
+            &[],
+            &json!({"appid": APPID, "secret": SECRET}),
+        )
+        .await;
     assert_eq!(errcode(&no_grant), 40002);
 }
 
@@ -419,12 +267,7 @@ async fn send_token_errcodes() {
     for bad in ["not json", "[1]", "\"x\"", ""] {
         let a = answer(api.send_raw(Some(&token), bad).await).await;
         assert_eq!(errcode(&a), 47001, "{bad:?}: {a}");
-        assert!(
-            a["errmsg"]
-                .as_str()
-                .unwrap()
-                .starts_with("data format error rid: ")
-        );
+        assert!(errmsg(&a).starts_with("data format error rid: "));
     }
     let a = answer(api.send_raw(Some("abc def"), "not json").await).await;
     assert_eq!(errcode(&a), 40014);
@@ -541,12 +384,7 @@ async fn registered_templates_fix_the_template_id_and_its_keys() {
     missing["data"].as_object_mut().unwrap().remove("thing4");
     let answer = api.send(&token, &missing).await;
     assert_eq!(errcode(&answer), 47003);
-    assert!(
-        answer["errmsg"]
-            .as_str()
-            .unwrap()
-            .contains("data.thing4.value")
-    );
+    assert!(errmsg(&answer).contains("data.thing4.value"));
     let mut extra = message();
     extra["data"]["thing5"] = json!({"value": "x"});
     assert_eq!(errcode(&api.send(&token, &extra).await), 47003);
@@ -562,12 +400,7 @@ async fn strict_subscriptions_refuse_without_a_grant_and_count_grants_down() {
     let token = api.token().await;
     let refused = api.send(&token, &message()).await;
     assert_eq!(errcode(&refused), 43101);
-    assert!(
-        refused["errmsg"]
-            .as_str()
-            .unwrap()
-            .starts_with("user refuse to accept the msg rid: ")
-    );
+    assert!(errmsg(&refused).starts_with("user refuse to accept the msg rid: "));
     api.server.grant_subscription(OPENID, "TPL_ORDER_PAID", 2);
     assert_eq!(errcode(&api.send(&token, &message()).await), 0);
     assert_eq!(api.server.subscriptions_left(OPENID, "TPL_ORDER_PAID"), 1);
@@ -595,12 +428,7 @@ async fn jscode2session_codes_are_single_use() {
     assert!(!ok["session_key"].as_str().unwrap().is_empty());
     let used = api.jscode(APPID, SECRET, "code-1").await;
     assert_eq!(errcode(&used), 40163, "{used}");
-    assert!(
-        used["errmsg"]
-            .as_str()
-            .unwrap()
-            .starts_with("code been used rid: ")
-    );
+    assert!(errmsg(&used).starts_with("code been used rid: "));
     let unknown = api.jscode(APPID, SECRET, "code-2").await;
     assert_eq!(errcode(&unknown), 40029, "{unknown}");
     api.server.register_code(APPID, "code-3", OPENID);
@@ -621,12 +449,7 @@ async fn credentials_are_checked_once_an_app_is_registered() {
 
     let unknown = api.classic("wxunknown", SECRET).await;
     assert_eq!(errcode(&unknown), 40013);
-    assert!(
-        unknown["errmsg"]
-            .as_str()
-            .unwrap()
-            .starts_with("invalid appid rid: ")
-    );
+    assert!(errmsg(&unknown).starts_with("invalid appid rid: "));
     assert_eq!(errcode(&api.classic(APPID, "wrong").await), 40125);
     assert_eq!(
         errcode(&api.stable("wxunknown", SECRET, false).await),
@@ -658,12 +481,7 @@ async fn queued_faults_apply_in_order_then_calls_are_normal() {
     );
     let busy = api.send(&token, &message()).await;
     assert_eq!(errcode(&busy), -1);
-    assert!(
-        busy["errmsg"]
-            .as_str()
-            .unwrap()
-            .starts_with("injected fault")
-    );
+    assert!(errmsg(&busy).starts_with("injected fault"));
 
     let resp = api.send_raw(Some(&token), &message().to_string()).await;
     assert_eq!(resp.status().as_u16(), 500);
@@ -696,13 +514,10 @@ async fn token_faults_cover_classic_and_stable_and_skip_token_logic() {
         vec![Fault::Errcode(-1), Fault::Http(503)],
     );
     assert_eq!(errcode(&api.classic(APPID, SECRET).await), -1);
+    let body = json!({"grant_type": "client_credential", "appid": APPID, "secret": SECRET});
     let resp = api
-        .http
-        .post(format!("{}/cgi-bin/stable_token", api.base))
-        .json(&json!({"grant_type": "client_credential", "appid": APPID, "secret": SECRET}))
-        .send()
-        .await
-        .unwrap();
+        .post_raw("/cgi-bin/stable_token", &[], &body.to_string())
+        .await;
     assert_eq!(resp.status().as_u16(), 503);
     token_of(&api.stable(APPID, SECRET, false).await);
     let stats = api.server.stats();
@@ -802,12 +617,7 @@ async fn expire_all_tokens_answers_42001_then_new_fetches_work() {
     for token in [&stable, &classic] {
         let answer = api.send(token, &message()).await;
         assert_eq!(errcode(&answer), 42001, "{answer}");
-        assert!(
-            answer["errmsg"]
-                .as_str()
-                .unwrap()
-                .starts_with("access_token expired rid: ")
-        );
+        assert!(errmsg(&answer).starts_with("access_token expired rid: "));
     }
     let new_stable = api.token().await;
     assert_ne!(new_stable, stable, "normal stable fetch mints after expiry");
@@ -1031,13 +841,7 @@ async fn control_api_refuses_bad_requests_with_400() {
             "{answer}"
         );
     }
-    let resp = api
-        .http
-        .post(format!("{}/mock/apps", api.base))
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let resp = api.post_raw("/mock/apps", &[], "{not json").await;
     assert_eq!(resp.status().as_u16(), 400);
     // Nothing half-applied.
     token_of(&api.classic("wxany", "any").await);

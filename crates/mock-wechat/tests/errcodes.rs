@@ -2,10 +2,11 @@
 //! calls (classic and stable token, subscribe/send, jscode2session), over HTTP and through
 //! the control API, and each answer is counted in the stats.
 
-use std::net::SocketAddr;
+mod support;
 
 use serde_json::{Value, json};
-use wxpush_mock_wechat::{Fault, FaultTarget, MockOptions, MockServer};
+use support::{APPID, Api, OPENID, SECRET};
+use wxpush_mock_wechat::{Fault, FaultTarget, MockOptions};
 
 /// The errcodes of issue 11 and CONTRACT §2: credential, permanent, limits, token, refused
 /// and transient classes.
@@ -38,51 +39,32 @@ const CALLS: &[Call] = &[
     },
 ];
 
-async fn call(http: &reqwest::Client, base: &str, token: &str, name: &str) -> Value {
-    let req = match name {
-        "classic token" => http.get(format!("{base}/cgi-bin/token")).query(&[
-            ("grant_type", "client_credential"),
-            ("appid", "wx1"),
-            ("secret", "s"),
-        ]),
-        "stable token" => http
-            .post(format!("{base}/cgi-bin/stable_token"))
-            .json(&json!({"grant_type": "client_credential", "appid": "wx1", "secret": "s"})),
-        "send" => http
-            .post(format!("{base}/cgi-bin/message/subscribe/send"))
-            .query(&[("access_token", token)])
-            .json(&json!({
-                "touser": "o6_bmjrPTlm6_2sgVt7hMZOPfL2M",
+async fn call(api: &Api, token: &str, name: &str) -> Value {
+    match name {
+        "classic token" => api.classic(APPID, SECRET).await,
+        "stable token" => api.stable(APPID, SECRET, false).await,
+        "send" => {
+            let body = json!({
+                "touser": OPENID,
                 "template_id": "TPL",
                 "data": {"thing1": {"value": "hi"}}
-            })),
-        _ => http.get(format!("{base}/sns/jscode2session")).query(&[
-            ("appid", "wx1"),
-            ("secret", "s"),
-            ("js_code", "code"),
-            ("grant_type", "authorization_code"),
-        ]),
-    };
-    req.send().await.unwrap().json().await.unwrap()
+            });
+            api.send(token, &body).await
+        }
+        _ => api.jscode(APPID, SECRET, "code").await,
+    }
 }
 
 #[tokio::test]
 async fn every_errcode_can_be_injected_on_every_endpoint() {
-    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let server = MockServer::start(MockOptions::default(), listen)
-        .await
-        .unwrap();
-    let (http, base) = (reqwest::Client::new(), server.base_url());
-    let token = call(&http, &base, "", "stable token").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let api = Api::start(MockOptions::default()).await;
+    let token = api.token().await;
 
     for c in CALLS {
         let faults = ERRCODES.iter().map(|&code| Fault::Errcode(code)).collect();
-        server.push_faults(c.target, faults);
+        api.server.push_faults(c.target, faults);
         for &code in ERRCODES {
-            let answer = call(&http, &base, &token, c.name).await;
+            let answer = call(&api, &token, c.name).await;
             assert_eq!(answer["errcode"], code, "{}: {answer}", c.name);
             assert!(
                 answer["errmsg"].as_str().unwrap().contains(" rid: "),
@@ -90,7 +72,7 @@ async fn every_errcode_can_be_injected_on_every_endpoint() {
             );
         }
     }
-    let stats = server.stats();
+    let stats = api.server.stats();
     for &code in ERRCODES {
         assert_eq!(
             stats.errcode_counts.get(&code.to_string()),
@@ -107,11 +89,7 @@ async fn every_errcode_can_be_injected_on_every_endpoint() {
 
 #[tokio::test]
 async fn errcodes_can_be_injected_through_the_control_api() {
-    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let server = MockServer::start(MockOptions::default(), listen)
-        .await
-        .unwrap();
-    let (http, base) = (reqwest::Client::new(), server.base_url());
+    let api = Api::start(MockOptions::default()).await;
     for (target, name) in [
         ("token", "stable token"),
         ("send", "send"),
@@ -121,20 +99,12 @@ async fn errcodes_can_be_injected_through_the_control_api() {
             .iter()
             .map(|c| json!({"errcode": c}))
             .collect();
-        let status = http
-            .post(format!("{base}/mock/faults"))
-            .json(&json!({"target": target, "faults": faults}))
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let (status, _) = api
+            .control("faults", json!({"target": target, "faults": faults}))
+            .await;
         assert_eq!(status, 200);
         for code in [61004, 40243, 48004] {
-            assert_eq!(
-                call(&http, &base, "x", name).await["errcode"],
-                code,
-                "{name}"
-            );
+            assert_eq!(call(&api, "x", name).await["errcode"], code, "{name}");
         }
     }
 }

@@ -2,7 +2,8 @@
 //! and safe mode, JSON and XML, the signatures checked with `push_crypto` (the oracle), the
 //! GET verification, and the receiver's answers recorded.
 
-use std::net::SocketAddr;
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,11 +12,10 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::{Value, json};
+use support::{APPID, Api, OPENID, emulator};
 use wxpush_mock_wechat::push_crypto;
-use wxpush_mock_wechat::{MockOptions, MockServer, PushFormat, PushTarget};
+use wxpush_mock_wechat::{MockOptions, PushFormat, PushTarget};
 
-const OPENID: &str = "o6_bmjrPTlm6_2sgVt7hMZOPfL2M";
-const APPID: &str = "wx0123456789abcdef";
 const TOKEN: &str = "AAAAA";
 const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFE";
 const WAIT: Duration = Duration::from_secs(10);
@@ -50,11 +50,15 @@ async fn receiver(status: StatusCode) -> (String, Seen) {
     (format!("http://{addr}/push"), seen)
 }
 
-async fn emulator() -> MockServer {
-    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    MockServer::start(MockOptions::default(), listen)
-        .await
-        .unwrap()
+/// An emulator pushing [`APPID`]'s events to a receiver that takes them all, and what that
+/// receiver saw.
+async fn pushing(aes: bool, format: PushFormat) -> (Api, Seen) {
+    let (url, seen) = receiver(StatusCode::OK).await;
+    let api = Api::start(MockOptions::default()).await;
+    api.server
+        .configure_push(APPID, target(&url, aes, format))
+        .unwrap();
+    (api, seen)
 }
 
 fn target(url: &str, aes: bool, format: PushFormat) -> PushTarget {
@@ -86,11 +90,8 @@ fn open_safe(q: &std::collections::HashMap<String, String>, body: &str) -> Strin
 
 #[tokio::test]
 async fn popup_choices_record_grants_and_push_a_signed_encrypted_event() {
-    let (url, seen) = receiver(StatusCode::OK).await;
-    let server = emulator().await;
-    server
-        .configure_push(APPID, target(&url, true, PushFormat::Json))
-        .unwrap();
+    let (api, seen) = pushing(true, PushFormat::Json).await;
+    let server = &api.server;
     let status = server
         .user_taps_subscribe(APPID, OPENID, &[("T1", "accept"), ("T2", "reject")])
         .await
@@ -132,35 +133,13 @@ async fn popup_choices_record_grants_and_push_a_signed_encrypted_event() {
 
 #[tokio::test]
 async fn each_accepted_send_pushes_its_result_in_plaintext_xml() {
-    let (url, seen) = receiver(StatusCode::OK).await;
-    let server = emulator().await;
-    server
-        .configure_push(APPID, target(&url, false, PushFormat::Xml))
-        .unwrap();
-    let http = reqwest::Client::new();
-    let base = server.base_url();
-    let token: Value = http
-        .post(format!("{base}/cgi-bin/stable_token"))
-        .json(&json!({"grant_type": "client_credential", "appid": APPID, "secret": "s"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = token["access_token"].as_str().unwrap().to_owned();
+    let (api, seen) = pushing(false, PushFormat::Xml).await;
+    let server = &api.server;
+    let token = api.token().await;
     let send = || async {
-        let answer: Value = http
-            .post(format!("{base}/cgi-bin/message/subscribe/send"))
-            .query(&[("access_token", &token)])
-            .json(&json!({"touser": OPENID, "template_id": "T1", "data": {"thing1": {"value": "hi"}}}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        answer["msgid"].as_u64().unwrap()
+        let body =
+            json!({"touser": OPENID, "template_id": "T1", "data": {"thing1": {"value": "hi"}}});
+        api.send(&token, &body).await["msgid"].as_u64().unwrap()
     };
     let first = send().await;
     server.set_sent_result(APPID, 10005, "fail_user_block");
@@ -193,11 +172,8 @@ async fn each_accepted_send_pushes_its_result_in_plaintext_xml() {
 
 #[tokio::test]
 async fn turning_a_template_off_removes_grants_and_pushes_a_change_event() {
-    let (url, seen) = receiver(StatusCode::OK).await;
-    let server = emulator().await;
-    server
-        .configure_push(APPID, target(&url, true, PushFormat::Xml))
-        .unwrap();
+    let (api, seen) = pushing(true, PushFormat::Xml).await;
+    let server = &api.server;
     server.grant_subscription(OPENID, "T1", 3);
     assert_eq!(
         server.user_turns_off(APPID, OPENID, "T1").await.unwrap(),
@@ -222,7 +198,7 @@ async fn turning_a_template_off_removes_grants_and_pushes_a_change_event() {
 #[tokio::test]
 async fn verification_failures_and_no_target() {
     let (url, _) = receiver(StatusCode::INTERNAL_SERVER_ERROR).await;
-    let server = emulator().await;
+    let server = emulator(MockOptions::default()).await;
     assert_eq!(
         server
             .user_taps_subscribe(APPID, OPENID, &[("T1", "accept")])

@@ -2,120 +2,29 @@
 //! clear_quota and the new day, the per-second rate (45011), and what the stats and the
 //! send log tell a test about them.
 
-use std::net::SocketAddr;
+mod support;
+
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use wxpush_mock_wechat::{MockOptions, MockServer, SendQuota};
+use support::{APPID, Api, OPENID, SECRET, SEND_PATH, errcode, errmsg};
+use wxpush_mock_wechat::{MockOptions, SendQuota};
 
-const OPENID: &str = "o6_bmjrPTlm6_2sgVt7hMZOPfL2M";
-const APPID: &str = "wx0123456789abcdef";
-const SECRET: &str = "secret";
-const SEND_PATH: &str = "/cgi-bin/message/subscribe/send";
-
-struct Api {
-    server: MockServer,
-    base: String,
-    http: reqwest::Client,
+/// An emulator with the app registered: only then does it check appids, which
+/// clear_quota's 40013 needs.
+async fn start(opts: MockOptions) -> Api {
+    let api = Api::start(opts).await;
+    api.server.register_app(APPID, SECRET);
+    api
 }
 
-impl Api {
-    async fn start(opts: MockOptions) -> Api {
-        let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let server = MockServer::start(opts, listen).await.unwrap();
-        server.register_app(APPID, SECRET);
-        Api {
-            base: server.base_url(),
-            server,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn post(&self, path: &str, query: &[(&str, &str)], body: Value) -> Value {
-        self.http
-            .post(format!("{}{path}", self.base))
-            .query(query)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn token(&self) -> String {
-        let answer = self
-            .post(
-                "/cgi-bin/stable_token",
-                &[],
-                json!({"grant_type": "client_credential", "appid": APPID, "secret": SECRET}),
-            )
-            .await;
-        answer["access_token"].as_str().unwrap().to_owned()
-    }
-
-    async fn classic(&self) -> Value {
-        self.http
-            .get(format!("{}/cgi-bin/token", self.base))
-            .query(&[
-                ("grant_type", "client_credential"),
-                ("appid", APPID),
-                ("secret", SECRET),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn send(&self, token: &str) -> Value {
-        let body = json!({
-            "touser": OPENID,
-            "template_id": "TPL_ORDER_PAID",
-            "data": {"character_string1": {"value": "A1001"}}
-        });
-        self.post(SEND_PATH, &[("access_token", token)], body).await
-    }
-
-    async fn quota(&self, token: &str, cgi_path: &str) -> Value {
-        self.post(
-            "/cgi-bin/openapi/quota/get",
-            &[("access_token", token)],
-            json!({"cgi_path": cgi_path}),
-        )
-        .await
-    }
-
-    async fn clear(&self, token: &str, appid: &str) -> Value {
-        self.post(
-            "/cgi-bin/clear_quota",
-            &[("access_token", token)],
-            json!({"appid": appid}),
-        )
-        .await
-    }
-
-    async fn control(&self, path: &str, body: Value) -> (u16, Value) {
-        let resp = self
-            .http
-            .post(format!("{}/mock/{path}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (resp.status().as_u16(), resp.json().await.unwrap())
-    }
-}
-
-fn errcode(answer: &Value) -> i64 {
-    answer["errcode"].as_i64().unwrap_or(0)
-}
-
-fn errmsg(answer: &Value) -> &str {
-    answer["errmsg"].as_str().unwrap_or("")
+/// One valid send: these tests count sends, not what they carry.
+fn order() -> Value {
+    json!({
+        "touser": OPENID,
+        "template_id": "TPL_ORDER_PAID",
+        "data": {"character_string1": {"value": "A1001"}}
+    })
 }
 
 fn count(map: &std::collections::BTreeMap<String, u64>, errcode: &str) -> u64 {
@@ -124,22 +33,22 @@ fn count(map: &std::collections::BTreeMap<String, u64>, errcode: &str) -> u64 {
 
 #[tokio::test]
 async fn the_daily_quota_answers_45009_and_comes_back_on_a_new_day() {
-    let api = Api::start(MockOptions {
+    let api = start(MockOptions {
         send_daily_limit: 3,
         ..MockOptions::default()
     })
     .await;
     let token = api.token().await;
     for _ in 0..3 {
-        assert_eq!(errcode(&api.send(&token).await), 0);
+        assert_eq!(errcode(&api.send(&token, &order()).await), 0);
     }
-    let refused = api.send(&token).await;
+    let refused = api.send(&token, &order()).await;
     assert_eq!(errcode(&refused), 45009, "{refused}");
     assert!(
         errmsg(&refused).starts_with("reach max api daily quota limit rid: "),
         "{refused}"
     );
-    assert_eq!(errcode(&api.send(&token).await), 45009);
+    assert_eq!(errcode(&api.send(&token, &order()).await), 45009);
 
     let quota = api.quota(&token, SEND_PATH).await;
     assert_eq!(
@@ -158,7 +67,7 @@ async fn the_daily_quota_answers_45009_and_comes_back_on_a_new_day() {
     assert_eq!(stats.quota_get_calls, 1);
 
     api.server.new_quota_day();
-    assert_eq!(errcode(&api.send(&token).await), 0);
+    assert_eq!(errcode(&api.send(&token, &order()).await), 0);
     assert_eq!(
         api.server.send_quota(APPID),
         SendQuota {
@@ -171,26 +80,20 @@ async fn the_daily_quota_answers_45009_and_comes_back_on_a_new_day() {
 
 #[tokio::test]
 async fn refused_bodies_and_missing_grants_spend_no_quota() {
-    let api = Api::start(MockOptions {
+    let api = start(MockOptions {
         send_daily_limit: 1,
         strict_subscriptions: true,
         ..MockOptions::default()
     })
     .await;
     let token = api.token().await;
-    assert_eq!(errcode(&api.send(&token).await), 43101);
-    let bad = api
-        .post(
-            SEND_PATH,
-            &[("access_token", &token)],
-            json!({"touser": "x"}),
-        )
-        .await;
+    assert_eq!(errcode(&api.send(&token, &order()).await), 43101);
+    let bad = api.send(&token, &json!({"touser": "x"})).await;
     assert_eq!(errcode(&bad), 40003);
     assert_eq!(api.server.send_quota(APPID).used, 0);
     api.server.grant_subscription(OPENID, "TPL_ORDER_PAID", 2);
-    assert_eq!(errcode(&api.send(&token).await), 0);
-    assert_eq!(errcode(&api.send(&token).await), 45009);
+    assert_eq!(errcode(&api.send(&token, &order()).await), 0);
+    assert_eq!(errcode(&api.send(&token, &order()).await), 45009);
     assert_eq!(
         api.server.subscriptions_left(OPENID, "TPL_ORDER_PAID"),
         1,
@@ -200,7 +103,7 @@ async fn refused_bodies_and_missing_grants_spend_no_quota() {
 
 #[tokio::test]
 async fn quota_get_checks_the_token_and_the_cgi_path() {
-    let api = Api::start(MockOptions::default()).await;
+    let api = start(MockOptions::default()).await;
     let token = api.token().await;
     let fresh = api.quota(&token, SEND_PATH).await;
     assert_eq!(fresh["quota"]["daily_limit"], 10_000_000);
@@ -222,7 +125,7 @@ async fn quota_get_checks_the_token_and_the_cgi_path() {
         .post(
             "/cgi-bin/openapi/quota/get",
             &[],
-            json!({"cgi_path": SEND_PATH}),
+            &json!({"cgi_path": SEND_PATH}),
         )
         .await;
     assert_eq!(errcode(&missing), 41001);
@@ -232,7 +135,7 @@ async fn quota_get_checks_the_token_and_the_cgi_path() {
 
 #[tokio::test]
 async fn clear_quota_resets_sends_and_token_fetches_ten_times_a_month() {
-    let api = Api::start(MockOptions {
+    let api = start(MockOptions {
         send_daily_limit: 1,
         classic_daily_limit: 1,
         clear_quota_monthly_limit: 2,
@@ -240,35 +143,35 @@ async fn clear_quota_resets_sends_and_token_fetches_ten_times_a_month() {
     })
     .await;
     let token = api.token().await;
-    assert_eq!(errcode(&api.send(&token).await), 0);
-    assert_eq!(errcode(&api.send(&token).await), 45009);
-    assert!(api.classic().await["access_token"].is_string());
-    assert_eq!(errcode(&api.classic().await), 45009);
+    assert_eq!(errcode(&api.send(&token, &order()).await), 0);
+    assert_eq!(errcode(&api.send(&token, &order()).await), 45009);
+    assert!(api.classic(APPID, SECRET).await["access_token"].is_string());
+    assert_eq!(errcode(&api.classic(APPID, SECRET).await), 45009);
 
     assert_eq!(
-        errcode(&api.clear(&token, "wx_other_app_00001").await),
+        errcode(&api.clear_quota(&token, "wx_other_app_00001").await),
         40013
     );
     let missing = api
         .post(
             "/cgi-bin/clear_quota",
             &[("access_token", &token)],
-            json!({}),
+            &json!({}),
         )
         .await;
     assert_eq!(errcode(&missing), 41002);
 
     assert_eq!(
-        api.clear(&token, APPID).await,
+        api.clear_quota(&token, APPID).await,
         json!({"errcode": 0, "errmsg": "ok"})
     );
-    assert_eq!(errcode(&api.send(&token).await), 0);
+    assert_eq!(errcode(&api.send(&token, &order()).await), 0);
     assert!(
-        api.classic().await["access_token"].is_string(),
+        api.classic(APPID, SECRET).await["access_token"].is_string(),
         "token quota cleared too"
     );
-    assert_eq!(errcode(&api.clear(&token, APPID).await), 0);
-    let spent = api.clear(&token, APPID).await;
+    assert_eq!(errcode(&api.clear_quota(&token, APPID).await), 0);
+    let spent = api.clear_quota(&token, APPID).await;
     assert_eq!(errcode(&spent), 48006, "{spent}");
     assert!(errmsg(&spent).starts_with("forbid to clear quota because of reaching the limit"));
     assert_eq!(api.server.stats().clear_quota_calls, 5);
@@ -276,17 +179,17 @@ async fn clear_quota_resets_sends_and_token_fetches_ten_times_a_month() {
 
 #[tokio::test]
 async fn quota_controls_in_rust_and_over_http() {
-    let api = Api::start(MockOptions::default()).await;
+    let api = start(MockOptions::default()).await;
     let token = api.token().await;
     api.server.set_send_quota(APPID, 2);
-    assert_eq!(errcode(&api.send(&token).await), 0);
+    assert_eq!(errcode(&api.send(&token, &order()).await), 0);
     api.server.exhaust_send_quota(APPID);
-    assert_eq!(errcode(&api.send(&token).await), 45009);
+    assert_eq!(errcode(&api.send(&token, &order()).await), 45009);
     assert_eq!(api.server.send_quota(APPID).remain, 0);
 
     let (status, answer) = api.control("new-quota-day", json!({})).await;
     assert_eq!((status, answer), (200, json!({"ok": true})));
-    assert_eq!(errcode(&api.send(&token).await), 0);
+    assert_eq!(errcode(&api.send(&token, &order()).await), 0);
 
     let (status, answer) = api
         .control("send-quota", json!({"appid": APPID, "daily_limit": 5}))
@@ -300,7 +203,7 @@ async fn quota_controls_in_rust_and_over_http() {
         .control("send-quota", json!({"appid": APPID, "exhaust": true}))
         .await;
     assert_eq!(answer["quota"]["remain"], 0);
-    assert_eq!(errcode(&api.send(&token).await), 45009);
+    assert_eq!(errcode(&api.send(&token, &order()).await), 45009);
 
     let (status, answer) = api.control("send-quota", json!({"appid": ""})).await;
     assert_eq!(status, 400, "{answer}");
@@ -313,13 +216,13 @@ async fn quota_controls_in_rust_and_over_http() {
     assert_eq!(status, 200);
     api.server.new_quota_day();
     assert_eq!(
-        errcode(&api.send(&token).await),
+        errcode(&api.send(&token, &order()).await),
         45011,
         "rate 0 refuses all"
     );
     let (status, _) = api.control("send-rate", json!({"per_sec": null})).await;
     assert_eq!(status, 200);
-    assert_eq!(errcode(&api.send(&token).await), 0);
+    assert_eq!(errcode(&api.send(&token, &order()).await), 0);
     let (status, _) = api.control("send-rate", json!({"per_sec": -1})).await;
     assert_eq!(status, 400);
 }
@@ -342,7 +245,7 @@ fn max_in_any_second(times: &[u64]) -> usize {
 #[tokio::test]
 async fn the_rate_limit_answers_45011_and_no_second_holds_more_than_the_rate() {
     const RATE: usize = 3;
-    let api = Api::start(MockOptions {
+    let api = start(MockOptions {
         send_rate_per_sec: Some(RATE as u32),
         ..MockOptions::default()
     })
@@ -392,12 +295,7 @@ async fn burst(api: &Api, token: &str, n: usize) -> Vec<Value> {
         let url = format!("{}{SEND_PATH}?access_token={token}", api.base);
         let http = api.http.clone();
         calls.spawn(async move {
-            let body = json!({
-                "touser": OPENID,
-                "template_id": "TPL_ORDER_PAID",
-                "data": {"character_string1": {"value": "A1001"}}
-            });
-            let answer: Value = http.post(url).json(&body).send().await?.json().await?;
+            let answer: Value = http.post(url).json(&order()).send().await?.json().await?;
             Ok::<_, reqwest::Error>(answer)
         });
     }

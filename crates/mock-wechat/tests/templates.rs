@@ -2,85 +2,21 @@
 //! documented shape (content, example, type, keywordEnumValueList), enum keys enforced with
 //! 47003, unknown template ids with 40037, and the control API's template body.
 
-use std::net::SocketAddr;
+mod support;
 
 use serde_json::{Value, json};
-use wxpush_mock_wechat::{MockOptions, MockServer, TemplateDef};
+use support::{Api, OPENID, errcode};
+use wxpush_mock_wechat::{MockOptions, TemplateDef};
 
-const OPENID: &str = "o6_bmjrPTlm6_2sgVt7hMZOPfL2M";
-
-struct Api {
-    server: MockServer,
-    base: String,
-    http: reqwest::Client,
-    token: String,
+/// An emulator and a token for it: every test here reads or sends with one.
+async fn start() -> (Api, String) {
+    let api = Api::start(MockOptions::default()).await;
+    let token = api.token().await;
+    (api, token)
 }
 
-impl Api {
-    async fn start() -> Api {
-        let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let server = MockServer::start(MockOptions::default(), listen)
-            .await
-            .unwrap();
-        let base = server.base_url();
-        let http = reqwest::Client::new();
-        let answer: Value = http
-            .post(format!("{base}/cgi-bin/stable_token"))
-            .json(&json!({"grant_type": "client_credential", "appid": "wx1", "secret": "s"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = answer["access_token"].as_str().unwrap().to_owned();
-        Api {
-            server,
-            base,
-            http,
-            token,
-        }
-    }
-
-    async fn gettemplate(&self, token: &str) -> Value {
-        self.http
-            .get(format!("{}/wxaapi/newtmpl/gettemplate", self.base))
-            .query(&[("access_token", token)])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn send(&self, template_id: &str, data: Value) -> Value {
-        self.http
-            .post(format!("{}/cgi-bin/message/subscribe/send", self.base))
-            .query(&[("access_token", &self.token)])
-            .json(&json!({"touser": OPENID, "template_id": template_id, "data": data}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn control(&self, body: Value) -> (u16, Value) {
-        let resp = self
-            .http
-            .post(format!("{}/mock/templates", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (resp.status().as_u16(), resp.json().await.unwrap())
-    }
-}
-
-fn errcode(answer: &Value) -> i64 {
-    answer["errcode"].as_i64().unwrap_or(0)
+fn message(template_id: &str, data: Value) -> Value {
+    json!({"touser": OPENID, "template_id": template_id, "data": data})
 }
 
 /// The documentation's second example (a long-term template with two enum keys), as the
@@ -98,8 +34,8 @@ fn washer() -> TemplateDef {
 
 #[tokio::test]
 async fn gettemplate_lists_the_registered_templates_in_wechats_shape() {
-    let api = Api::start().await;
-    let empty = api.gettemplate(&api.token).await;
+    let (api, token) = start().await;
+    let empty = api.gettemplate(&token).await;
     assert_eq!(empty, json!({"errcode": 0, "errmsg": "ok", "data": []}));
 
     api.server
@@ -110,7 +46,7 @@ async fn gettemplate_lists_the_registered_templates_in_wechats_shape() {
         )
         .unwrap();
     api.server.add_template(washer()).unwrap();
-    let listed = api.gettemplate(&api.token).await;
+    let listed = api.gettemplate(&token).await;
     assert_eq!(listed["errcode"], 0);
     assert_eq!(
         listed["data"],
@@ -140,18 +76,18 @@ async fn gettemplate_lists_the_registered_templates_in_wechats_shape() {
 
 #[tokio::test]
 async fn gettemplate_checks_the_token() {
-    let api = Api::start().await;
+    let (api, token) = start().await;
     assert_eq!(errcode(&api.gettemplate("nope").await), 40001);
     assert_eq!(errcode(&api.gettemplate("a b").await), 40014);
     api.server.expire_all_tokens();
-    assert_eq!(errcode(&api.gettemplate(&api.token).await), 42001);
+    assert_eq!(errcode(&api.gettemplate(&token).await), 42001);
     let stats = api.server.stats();
     assert_eq!(stats.errcode_counts.get("40001"), Some(&1));
 }
 
 #[tokio::test]
 async fn sends_must_give_enum_keys_a_listed_value() {
-    let api = Api::start().await;
+    let (api, token) = start().await;
     api.server.add_template(washer()).unwrap();
     let id = washer().template_id;
     let good = json!({
@@ -159,11 +95,14 @@ async fn sends_must_give_enum_keys_a_listed_value() {
         "enum_string2": {"value": "厨房"},
         "enum_string3": {"value": "设备发生故障，导致工作异常，请及时查看"}
     });
-    assert_eq!(errcode(&api.send(&id, good.clone()).await), 0);
+    assert_eq!(
+        errcode(&api.send(&token, &message(&id, good.clone())).await),
+        0
+    );
 
     let mut off_list = good.clone();
     off_list["enum_string2"]["value"] = json!("阳台");
-    let refused = api.send(&id, off_list).await;
+    let refused = api.send(&token, &message(&id, off_list)).await;
     assert_eq!(errcode(&refused), 47003);
     assert!(
         refused["errmsg"]
@@ -174,20 +113,26 @@ async fn sends_must_give_enum_keys_a_listed_value() {
     );
     let mut missing = good.clone();
     missing.as_object_mut().unwrap().remove("enum_string3");
-    assert_eq!(errcode(&api.send(&id, missing).await), 47003);
-    assert_eq!(errcode(&api.send("TPL_UNKNOWN", good).await), 40037);
+    assert_eq!(
+        errcode(&api.send(&token, &message(&id, missing)).await),
+        47003
+    );
+    assert_eq!(
+        errcode(&api.send(&token, &message("TPL_UNKNOWN", good)).await),
+        40037
+    );
 }
 
 #[tokio::test]
 async fn add_template_refuses_bad_definitions() {
-    let api = Api::start().await;
+    let (api, token) = start().await;
     let err = api
         .server
         .add_template(TemplateDef::new("T", &["enum_string1"]))
         .unwrap_err();
     assert!(err.contains("enum_string1"), "{err}");
     assert_eq!(
-        api.gettemplate(&api.token).await["data"],
+        api.gettemplate(&token).await["data"],
         json!([]),
         "nothing registered"
     );
@@ -195,19 +140,22 @@ async fn add_template_refuses_bad_definitions() {
 
 #[tokio::test]
 async fn the_control_api_takes_title_type_enums_and_labels() {
-    let api = Api::start().await;
+    let (api, token) = start().await;
     let (status, _) = api
-        .control(json!({
-            "template_id": "TPL_ROOM",
-            "keys": ["thing1", "enum_string2"],
-            "title": "房间提醒",
-            "type": 3,
-            "enums": {"enum_string2": ["客厅", "餐厅"]},
-            "labels": {"thing1": "备注"}
-        }))
+        .control(
+            "templates",
+            json!({
+                "template_id": "TPL_ROOM",
+                "keys": ["thing1", "enum_string2"],
+                "title": "房间提醒",
+                "type": 3,
+                "enums": {"enum_string2": ["客厅", "餐厅"]},
+                "labels": {"thing1": "备注"}
+            }),
+        )
         .await;
     assert_eq!(status, 200);
-    let listed = api.gettemplate(&api.token).await;
+    let listed = api.gettemplate(&token).await;
     assert_eq!(listed["data"][0]["type"], 3);
     assert_eq!(listed["data"][0]["title"], "房间提醒");
     assert_eq!(
@@ -215,7 +163,10 @@ async fn the_control_api_takes_title_type_enums_and_labels() {
         "备注:{{thing1.DATA}}\n选项:{{enum_string2.DATA}}\n"
     );
     let data = json!({"thing1": {"value": "x"}, "enum_string2": {"value": "客厅"}});
-    assert_eq!(errcode(&api.send("TPL_ROOM", data).await), 0);
+    assert_eq!(
+        errcode(&api.send(&token, &message("TPL_ROOM", data)).await),
+        0
+    );
 
     for (body, says) in [
         (
@@ -231,7 +182,7 @@ async fn the_control_api_takes_title_type_enums_and_labels() {
             "not one of the keys",
         ),
     ] {
-        let (status, answer) = api.control(body.clone()).await;
+        let (status, answer) = api.control("templates", body.clone()).await;
         assert_eq!(status, 400, "{body}");
         assert!(answer["error"].as_str().unwrap().contains(says), "{answer}");
     }
