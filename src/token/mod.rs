@@ -20,8 +20,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::store::{Connection, Pool};
 use backon::{BackoffBuilder, ExponentialBuilder};
-use deadpool_redis::{Connection, Pool};
 use secrecy::SecretString;
 
 use crate::admin::metrics as m;
@@ -31,7 +31,9 @@ use crate::store::token_record::{self, NewToken};
 pub use crate::store::token_record::{TokenInfo, TokenSource};
 use crate::store::{Keys, StoreError};
 use crate::wechat::client::{AccessToken, CallError, WechatClient};
-use crate::wechat::errcode::{Action, ErrorClass, action_of_token_fetch, classify_token_fetch_call};
+use crate::wechat::errcode::{
+    Action, ErrorClass, action_of_token_fetch, classify_token_fetch_call,
+};
 
 /// Why no token could be had.
 #[derive(Debug, Clone, thiserror::Error)]
