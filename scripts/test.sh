@@ -2,7 +2,9 @@
 # The project's test command, the one the README names and CI runs (`.ci/run` only calls
 # this): on a fresh Debian/Ubuntu machine with the Rust toolchain it
 #   1. starts RabbitMQ (127.0.0.1:5672, guest/guest) and Redis (127.0.0.1:6379) if they are
-#      down, installing them from Debian's packages when they are missing;
+#      down, installing them from Debian's packages when they are missing, and the loopback
+#      Redis Cluster, Sentinel setup and RabbitMQ cluster of the cluster tests
+#      (scripts/clusters.sh, not with --services);
 #   2. installs what the tests need when it is missing: a C compiler (build-essential),
 #      openssl and stunnel4 (tests/tls.rs), procps (`kill`), the rustfmt and clippy
 #      components, and cargo-deny (`cargo install --locked`);
@@ -93,6 +95,12 @@ if $services_only; then
     printf '\nRabbitMQ and Redis are running. Demo: cargo run --release -- demo\n'
     exit 0
 fi
+
+# The cluster tests' Redis Cluster, Sentinel setup and RabbitMQ cluster, on their own ports
+# (7000-7005, 6380/6381, 26379-26381, 5701-5703): the tests find them through the
+# WXPUSH_TEST_* variables this sets.
+step "loopback clusters: scripts/clusters.sh start"
+eval "$(bash scripts/clusters.sh start)"
 
 step "Rust toolchain"
 if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
