@@ -175,7 +175,7 @@ start_rabbit() {
         mkdir -p "$dir/log"
         printf 'listeners.tcp.local = 127.0.0.1:570%s\nloopback_users.guest = true\n' "$n" >"$dir/rabbitmq.conf"
         # A node whose VM is up but whose app was stopped (a failover test) only needs start_app.
-        if ctl "$n" -q status >/dev/null 2>&1; then
+        if ctl "$n" -q ping >/dev/null 2>&1; then
             ctl "$n" -q start_app >/dev/null
         else
             # shellcheck disable=SC2046

@@ -9,7 +9,9 @@
 #      openssl and stunnel4 (tests/tls.rs), procps (`kill`), the rustfmt and clippy
 #      components, and cargo-deny (`cargo install --locked`);
 #   3. runs the checks: cargo deny, cargo fmt, cargo clippy, the production build (no
-#      emulator, no demo in the `wxpush` binary) and `cargo test --workspace`.
+#      emulator, no demo in the `wxpush` binary) and `cargo test --workspace` (with the
+#      failover tests on the loopback clusters), then the pipeline, token and claims suites
+#      again on Redis Cluster and on Sentinel.
 # Installing needs root or sudo; everything else runs as the calling user.
 #
 #   bash scripts/test.sh              # everything
@@ -162,3 +164,12 @@ echo "no mock-wechat, no demo, wxpush-mock-wechat not linked"
 # included) and leave it that way.
 step "cargo test --workspace --features wxpush/failpoints"
 cargo test --workspace --locked --features wxpush/failpoints
+
+# The same suites on the other Redis modes (parameterised by WXPUSH_TEST_REDIS_MODE, see
+# tests/common/mod.rs): the pipeline end to end, the token store, the claim state machine.
+# tests/failover.rs ran above with the workspace.
+for mode in cluster sentinel; do
+    step "cargo test --test pipeline --test token --test claims on Redis $mode"
+    WXPUSH_TEST_REDIS_MODE=$mode cargo test --locked --features wxpush/failpoints \
+        --test pipeline --test token --test claims
+done
