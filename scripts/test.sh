@@ -2,12 +2,16 @@
 # The project's test command, the one the README names and CI runs (`.ci/run` only calls
 # this): on a fresh Debian/Ubuntu machine with the Rust toolchain it
 #   1. starts RabbitMQ (127.0.0.1:5672, guest/guest) and Redis (127.0.0.1:6379) if they are
-#      down, installing them from Debian's packages when they are missing;
+#      down, installing them from Debian's packages when they are missing, and the loopback
+#      Redis Cluster, Sentinel setup and RabbitMQ cluster of the cluster tests
+#      (scripts/clusters.sh, not with --services);
 #   2. installs what the tests need when it is missing: a C compiler (build-essential),
 #      openssl and stunnel4 (tests/tls.rs), procps (`kill`), the rustfmt and clippy
 #      components, and cargo-deny (`cargo install --locked`);
 #   3. runs the checks: cargo deny, cargo fmt, cargo clippy, the production build (no
-#      emulator, no demo in the `wxpush` binary) and `cargo test --workspace`.
+#      emulator, no demo in the `wxpush` binary) and `cargo test --workspace` (with the
+#      failover tests on the loopback clusters), then the pipeline, token and claims suites
+#      again on Redis Cluster and on Sentinel.
 # Installing needs root or sudo; everything else runs as the calling user.
 #
 #   bash scripts/test.sh              # everything
@@ -94,6 +98,12 @@ if $services_only; then
     exit 0
 fi
 
+# The cluster tests' Redis Cluster, Sentinel setup and RabbitMQ cluster, on their own ports
+# (7000-7005, 6380/6381, 26379-26381, 5701-5703): the tests find them through the
+# WXPUSH_TEST_* variables this sets.
+step "loopback clusters: scripts/clusters.sh start"
+eval "$(bash scripts/clusters.sh start)"
+
 step "Rust toolchain"
 if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
     # Installed by rustup but this shell never sourced ~/.cargo/env.
@@ -154,3 +164,12 @@ echo "no mock-wechat, no demo, wxpush-mock-wechat not linked"
 # included) and leave it that way.
 step "cargo test --workspace --features wxpush/failpoints"
 cargo test --workspace --locked --features wxpush/failpoints
+
+# The same suites on the other Redis modes (parameterised by WXPUSH_TEST_REDIS_MODE, see
+# tests/common/mod.rs): the pipeline end to end, the token store, the claim state machine.
+# tests/failover.rs ran above with the workspace.
+for mode in cluster sentinel; do
+    step "cargo test --test pipeline --test token --test claims on Redis $mode"
+    WXPUSH_TEST_REDIS_MODE=$mode cargo test --locked --features wxpush/failpoints \
+        --test pipeline --test token --test claims
+done

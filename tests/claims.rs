@@ -1,13 +1,16 @@
 //! The claim state machine in Redis (`store::claims`), step by step: each interleaving of
 //! two deliveries, a stale task, a redelivery or a Redis that lost its data is played out
-//! deterministically against the real Redis, one script call at a time.
+//! deterministically against the real Redis, one script call at a time; in the Redis mode
+//! under test (`WXPUSH_TEST_REDIS_MODE`: single, cluster or sentinel).
 
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, aio::MultiplexedConnection};
+mod common;
+
+use deadpool_redis::redis;
+use wxpush::store::Conn;
 use wxpush::store::claims::{self, Claim, ClaimId, ClaimRequest, PendingDeadLetter, PendingMark};
 
-const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 /// Short enough that a test can wait for a claim to lapse.
 const LEASE: Duration = Duration::from_millis(300);
 const TTL: Duration = Duration::from_secs(600);
@@ -24,31 +27,23 @@ impl Keys {
         let prefix = format!("test-claims-{name}-{}", uuid::Uuid::new_v4().simple());
         Keys {
             event: format!("{prefix}:event:{{e-1}}"),
-            epoch: format!("{prefix}:epoch"),
+            epoch: wxpush::store::Keys::new(&prefix).event_epoch("e-1"),
             prefix,
         }
     }
 }
 
-async fn conn() -> MultiplexedConnection {
-    redis::Client::open(REDIS_URL)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis on 127.0.0.1:6379")
+/// The Redis of the mode under test (`WXPUSH_TEST_REDIS_MODE`, see `common::redis_mode`).
+async fn conn() -> Conn {
+    common::redis_conn(&common::redis_config("test-claims")).await
 }
 
-async fn claim(
-    c: &mut MultiplexedConnection,
-    keys: &Keys,
-    id: &ClaimId,
-    seen_before: bool,
-) -> Claim {
+async fn claim(c: &mut Conn, keys: &Keys, id: &ClaimId, seen_before: bool) -> Claim {
     claim_replayed(c, keys, id, seen_before, 0).await
 }
 
 async fn claim_replayed(
-    c: &mut MultiplexedConnection,
+    c: &mut Conn,
     keys: &Keys,
     id: &ClaimId,
     seen_before: bool,
@@ -69,7 +64,7 @@ async fn claim_replayed(
     claims::claim(c, &request).await.unwrap()
 }
 
-async fn state(c: &mut MultiplexedConnection, keys: &Keys) -> Option<String> {
+async fn state(c: &mut Conn, keys: &Keys) -> Option<String> {
     redis::cmd("HGET")
         .arg(&keys.event)
         .arg("state")
@@ -79,7 +74,7 @@ async fn state(c: &mut MultiplexedConnection, keys: &Keys) -> Option<String> {
 }
 
 /// Waits (polling, bounded) until a claim made with [`LEASE`] has lapsed.
-async fn until_lapsed(c: &mut MultiplexedConnection, keys: &Keys) {
+async fn until_lapsed(c: &mut Conn, keys: &Keys) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let deadline_ms: Option<u64> = redis::cmd("HGET")
@@ -98,7 +93,7 @@ async fn until_lapsed(c: &mut MultiplexedConnection, keys: &Keys) {
     }
 }
 
-async fn cleanup(c: &mut MultiplexedConnection, keys: &Keys) {
+async fn cleanup(c: &mut Conn, keys: &Keys) {
     let _: () = redis::cmd("DEL")
         .arg(&keys.event)
         .arg(&keys.epoch)
@@ -279,7 +274,7 @@ async fn after_redis_lost_its_data_no_state_is_not_never_sent() {
     );
     let other = Keys {
         event: format!("{}:event:{{e-2}}", keys.prefix),
-        epoch: keys.epoch.clone(),
+        epoch: wxpush::store::Keys::new(&keys.prefix).event_epoch("e-2"),
         prefix: keys.prefix.clone(),
     };
     assert_eq!(

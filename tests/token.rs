@@ -57,12 +57,8 @@ impl Setup {
         TokenStore::new(&self.config, pool, client).unwrap()
     }
 
-    async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(REDIS_URL)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
+    async fn redis(&self) -> wxpush::store::Conn {
+        common::redis_conn(&self.config.redis).await
     }
 
     async fn stored_token(&self) -> Option<String> {

@@ -11,7 +11,10 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, Queue};
 
-use crate::config::redact_url;
+use crate::config::{AmqpConfig, redact_url};
+
+/// How long one node may take to accept a connection before the next is tried.
+const NODE_CONNECT_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Opens a connection, naming it so operators can tell wxpush processes apart in the
 /// management UI. Errors never carry the URL's password.
@@ -23,6 +26,35 @@ pub async fn connect(url: &str, purpose: &str) -> anyhow::Result<Connection> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("cannot connect to RabbitMQ at {}: {e}", redact_url(url)))
+}
+
+/// Connects to the first node of the cluster (`amqp.urls`, or `amqp.url`) that accepts.
+pub async fn connect_any(amqp: &AmqpConfig, purpose: &str) -> anyhow::Result<Connection> {
+    Ok(connect_first(&amqp.nodes(), 0, purpose).await?.0)
+}
+
+/// Tries the nodes in order from `start` (wrapping around) and returns the first
+/// connection made, with its node's index in `urls`. The error names every node's failure.
+pub async fn connect_first(
+    urls: &[String],
+    start: usize,
+    purpose: &str,
+) -> anyhow::Result<(Connection, usize)> {
+    let mut failures = Vec::new();
+    for i in (0..urls.len()).map(|n| (start + n) % urls.len()) {
+        match tokio::time::timeout(NODE_CONNECT_WITHIN, connect(&urls[i], purpose)).await {
+            Ok(Ok(connection)) => return Ok((connection, i)),
+            Ok(Err(e)) => failures.push(format!("{e:#}")),
+            Err(_) => failures.push(format!(
+                "{}: no answer within {NODE_CONNECT_WITHIN:?}",
+                redact_url(&urls[i])
+            )),
+        }
+    }
+    if failures.is_empty() {
+        anyhow::bail!("no RabbitMQ node configured (amqp.url / amqp.urls)");
+    }
+    anyhow::bail!("{}", failures.join("; "))
 }
 
 /// Looks at a queue without creating it (a passive declare): its ready-message and consumer

@@ -121,7 +121,7 @@ struct Shown {
 pub async fn run(config: &Config, args: DeadArgs) -> CliResult {
     let queue = config.amqp.dead_letter_queue.as_str();
     warn_if_quorum(config);
-    let connection = broker::connect(&config.amqp.url, "dead").await?;
+    let connection = broker::connect_any(&config.amqp, "dead").await?;
     let read = read_all(&connection, queue, &args).await;
     let _ = connection.close(200, "dead: listing done".into()).await;
     let (letters, shown) = read?;

@@ -159,7 +159,7 @@ pub async fn run(file: Option<&Path>, args: DemoArgs) -> CliResult {
 
     println!("wxpush demo");
     println!("  RabbitMQ  {}", config::redact_url(&config.amqp.url));
-    println!("  Redis     {}", config::redact_url(&config.redis.url));
+    println!("  Redis     {}", config.redis.describe());
     println!(
         "  WeChat    emulator at {} (one-time subscriptions enforced)",
         mock.base_url()
@@ -269,7 +269,7 @@ async fn run_demo(
     mock: &MockServer,
     events: &[Prepared],
 ) -> anyhow::Result<(Sent, Dead)> {
-    let connection = broker::connect(&config.amqp.url, "demo").await?;
+    let connection = broker::connect_any(&config.amqp, "demo").await?;
     let publisher = Publisher::open(&connection).await?;
     Topology::new(&config.amqp, &config.retry)
         .declare(publisher.channel())
@@ -352,14 +352,14 @@ const START_SERVERS: &str = "The demo needs RabbitMQ and Redis running. To start
 async fn check_servers(config: &Config) -> anyhow::Result<()> {
     const WAIT: Duration = Duration::from_secs(5);
     let amqp = config::redact_url(&config.amqp.url);
-    match tokio::time::timeout(WAIT, broker::connect(&config.amqp.url, "demo check")).await {
+    match tokio::time::timeout(WAIT, broker::connect_any(&config.amqp, "demo check")).await {
         Ok(Ok(connection)) => {
             let _ = connection.close(200, "demo check done".into()).await;
         }
         Ok(Err(e)) => anyhow::bail!("{e:#}\n{START_SERVERS}"),
         Err(_) => anyhow::bail!("RabbitMQ at {amqp} did not answer within 5 s\n{START_SERVERS}"),
     }
-    let redis = config::redact_url(&config.redis.url);
+    let redis = config.redis.describe();
     let ping = async {
         let pool = crate::store::pooled(&config.redis)?;
         let mut connection = pool.get().await?;
@@ -390,7 +390,7 @@ async fn wait_for(what: &str, done: impl Fn() -> bool) -> anyhow::Result<()> {
 }
 
 async fn cleanup(config: &Config) {
-    if let Ok(connection) = broker::connect(&config.amqp.url, "demo cleanup").await
+    if let Ok(connection) = broker::connect_any(&config.amqp, "demo cleanup").await
         && let Ok(channel) = connection.create_channel().await
     {
         Topology::new(&config.amqp, &config.retry)

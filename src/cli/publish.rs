@@ -93,7 +93,7 @@ pub async fn run(config: &Config, args: PublishArgs) -> CliResult {
     if events.is_empty() {
         return Err(CliError::Usage("no events in the input".into()));
     }
-    let connection = broker::connect(&config.amqp.url, "publish").await?;
+    let connection = broker::connect_any(&config.amqp, "publish").await?;
     // Pipelined on the control channel (`start`): no pool needed.
     let publisher = Publisher::open_with(&connection, 1, config.amqp.confirm_timeout)
         .await

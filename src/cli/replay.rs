@@ -153,7 +153,7 @@ pub async fn run(config: &Config, args: ReplayArgs) -> CliResult {
     warn_if_quorum(config);
     let interrupt =
         install_interrupt().map_err(|e| anyhow::anyhow!("cannot catch signals: {e}"))?;
-    let connection = broker::connect(&config.amqp.url, "replay").await?;
+    let connection = broker::connect_any(&config.amqp, "replay").await?;
     let mut tally = Tally::default();
     let result = replay(&connection, config, &args, &interrupt, &mut tally).await;
     let _ = connection.close(200, "replay done".into()).await;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::load::{Loaded, Origin};
-use super::{AppConfig, Config};
+use super::{AmqpConfig, AppConfig, Config, RedisConfig, RedisMode, redact_url};
 use crate::push::crypto::AesKey;
 use crate::template::pattern::Pattern;
 use crate::template::rules::KeyType;
@@ -306,9 +306,157 @@ impl Loaded {
                 "amqp.queue and amqp.dead_letter_queue must differ".into(),
             );
         }
+        for message in amqp_problems(amqp)
+            .into_iter()
+            .chain(redis_problems(&config.redis))
+        {
+            add(nowhere.clone(), message);
+        }
         if config.policy.idempotency_ttl.is_zero() {
             add(nowhere, "policy.idempotency_ttl must be above zero".into());
         }
         problems
+    }
+}
+
+fn amqp_problems(amqp: &AmqpConfig) -> Vec<String> {
+    amqp.nodes()
+        .iter()
+        .filter(|url| !(url.starts_with("amqp://") || url.starts_with("amqps://")))
+        .map(|url| {
+            format!(
+                "amqp.url(s): `{}` is not an amqp:// or amqps:// URL",
+                redact_url(url)
+            )
+        })
+        .collect()
+}
+
+/// The `[redis]` settings that cannot work: a mode without its addresses, a URL that is not
+/// Redis's, a key prefix that would split a script's keys over Redis Cluster slots.
+fn redis_problems(redis: &RedisConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    if redis.key_prefix.contains(['{', '}']) {
+        problems.push(format!(
+            "redis.key_prefix `{}` contains `{{` or `}}`: Redis Cluster would hash on it and split the keys one script needs across slots; pick a prefix without braces",
+            redis.key_prefix
+        ));
+    }
+    let urls: Vec<&String> = match redis.mode {
+        RedisMode::Single => {
+            if !redis.urls.is_empty() {
+                problems.push("redis.urls is only read in cluster and sentinel mode: set redis.mode = \"cluster\" or \"sentinel\", or use redis.url for one Redis".into());
+            }
+            vec![&redis.url]
+        }
+        RedisMode::Cluster | RedisMode::Sentinel if redis.urls.is_empty() => {
+            let what = if redis.mode == RedisMode::Cluster {
+                "some of the cluster's nodes (seeds)"
+            } else {
+                "the sentinels"
+            };
+            problems.push(format!(
+                "redis.mode = \"{}\" needs redis.urls: {what}, e.g. urls = [\"redis://10.0.0.1:{}\"]",
+                redis.mode.as_str(),
+                if redis.mode == RedisMode::Cluster { 6379 } else { 26379 }
+            ));
+            Vec::new()
+        }
+        RedisMode::Cluster | RedisMode::Sentinel => redis.urls.iter().collect(),
+    };
+    for url in urls {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            problems.push(format!(
+                "redis: `{}` is not a redis:// or rediss:// URL",
+                redact_url(url)
+            ));
+        }
+    }
+    let master = redis.sentinel_master.as_deref().unwrap_or("");
+    if redis.mode == RedisMode::Sentinel && master.trim().is_empty() {
+        problems.push("redis.mode = \"sentinel\" needs redis.sentinel_master: the name the sentinels know the primary by (`sentinel monitor <name> …`, often \"mymaster\")".into());
+    }
+    if redis.mode != RedisMode::Sentinel && redis.sentinel_master.is_some() {
+        problems.push(
+            "redis.sentinel_master is only read in sentinel mode (redis.mode = \"sentinel\")"
+                .into(),
+        );
+    }
+    if redis.replicas_ack() > 0
+        && (redis.replicas_timeout.is_zero() || redis.replicas_timeout >= MAX_REPLICAS_TIMEOUT)
+    {
+        problems.push(format!(
+            "redis.replicas_timeout ({}) must be above zero and below {} (the Redis response timeout): WAIT 0 would block forever",
+            humantime::format_duration(redis.replicas_timeout),
+            humantime::format_duration(MAX_REPLICAS_TIMEOUT)
+        ));
+    }
+    problems
+}
+
+/// Above this a `WAIT` outlasts the connection's response timeout (`store::connection`).
+const MAX_REPLICAS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems_of(edit: impl FnOnce(&mut RedisConfig)) -> Vec<String> {
+        let mut redis = RedisConfig::default();
+        edit(&mut redis);
+        redis_problems(&redis)
+    }
+
+    #[test]
+    fn each_mode_needs_its_addresses() {
+        assert!(problems_of(|_| {}).is_empty());
+        let cluster = problems_of(|r| r.mode = RedisMode::Cluster);
+        assert!(cluster[0].contains("needs redis.urls"), "{cluster:?}");
+        let sentinel = problems_of(|r| {
+            r.mode = RedisMode::Sentinel;
+            r.urls = vec!["redis://127.0.0.1:26379".into()];
+        });
+        assert!(
+            sentinel[0].contains("needs redis.sentinel_master"),
+            "{sentinel:?}"
+        );
+        let ok = problems_of(|r| {
+            r.mode = RedisMode::Sentinel;
+            r.urls = vec!["rediss://:pw@127.0.0.1:26379".into()];
+            r.sentinel_master = Some("mymaster".into());
+        });
+        assert!(ok.is_empty(), "{ok:?}");
+        let stray = problems_of(|r| r.urls = vec!["redis://a:7000".into()]);
+        assert!(stray[0].contains("only read in cluster and sentinel mode"));
+    }
+
+    #[test]
+    fn braces_in_the_prefix_and_bad_urls_are_refused() {
+        let braces = problems_of(|r| r.key_prefix = "app{1}".into());
+        assert!(braces[0].contains("contains `{` or `}`"), "{braces:?}");
+        let bad = problems_of(|r| {
+            r.mode = RedisMode::Cluster;
+            r.urls = vec!["http://:secret@a:7000".into()];
+        });
+        assert!(
+            bad[0].contains("not a redis:// or rediss:// URL"),
+            "{bad:?}"
+        );
+        assert!(!bad[0].contains("secret"), "passwords stay hidden: {bad:?}");
+    }
+
+    #[test]
+    fn replicas_are_awaited_by_default_only_where_there_are_replicas() {
+        let mut redis = RedisConfig::default();
+        assert_eq!(redis.replicas_ack(), 0);
+        redis.mode = RedisMode::Cluster;
+        assert_eq!(redis.replicas_ack(), 1);
+        redis.replicas_ack = Some(0);
+        assert_eq!(redis.replicas_ack(), 0);
+        let zero = problems_of(|r| {
+            r.replicas_ack = Some(1);
+            r.replicas_timeout = std::time::Duration::ZERO;
+        });
+        assert!(zero[0].contains("replicas_timeout"), "{zero:?}");
     }
 }

@@ -171,8 +171,8 @@ pub fn load_str(
 }
 
 /// `WXPUSH_AMQP__URL=…` sets `amqp.url`; deeper paths (`WXPUSH_APPS__DEFAULT__APPID`) reach
-/// into nested tables. The value is read as a TOML scalar when it is one (`256`, `true`),
-/// else as a string (`5s`, a URL).
+/// into nested tables. The value is read as a TOML scalar or array when it is one (`256`,
+/// `true`, `["redis://a:6379", "redis://b:6379"]`), else as a string (`5s`, a URL).
 fn apply_override<'i>(
     root: &mut DeTable<'i>,
     var: &str,
@@ -187,7 +187,7 @@ fn apply_override<'i>(
         return Err("empty section or key name (expected WXPUSH_<SECTION>__<KEY>)".into());
     }
     let parsed = match DeValue::parse(value) {
-        Ok(v) if !matches!(v.get_ref(), DeValue::Table(_) | DeValue::Array(_)) => v.into_inner(),
+        Ok(v) if !matches!(v.get_ref(), DeValue::Table(_)) => v.into_inner(),
         _ => DeValue::String(value.into()),
     };
     let (last, parents) = path.split_last().expect("split on a non-empty string");

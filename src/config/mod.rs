@@ -65,6 +65,9 @@ pub enum QueueType {
 pub struct AmqpConfig {
     /// May hold a password: log only [`crate::config::redact_url`] of it.
     pub url: String,
+    /// The nodes of a RabbitMQ cluster, tried in order: a worker connects to the first that
+    /// answers and moves on to the next when its node goes away. Empty: `url` alone.
+    pub urls: Vec<String>,
     pub exchange: String,
     pub queue: String,
     pub dead_letter_queue: String,
@@ -86,10 +89,22 @@ pub struct AmqpConfig {
     pub outcome_exchange: Option<String>,
 }
 
+impl AmqpConfig {
+    /// The broker nodes to try, in order: `urls`, or `url` when `urls` is empty.
+    pub fn nodes(&self) -> Vec<String> {
+        if self.urls.is_empty() {
+            vec![self.url.clone()]
+        } else {
+            self.urls.clone()
+        }
+    }
+}
+
 impl Default for AmqpConfig {
     fn default() -> Self {
         AmqpConfig {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            urls: Vec::new(),
             exchange: "wxpush.events".into(),
             queue: "wxpush.events".into(),
             dead_letter_queue: "wxpush.dead".into(),
@@ -106,18 +121,83 @@ impl Default for AmqpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// May hold a password: log only [`crate::config::redact_url`] of it.
+    /// One Redis (`url`), a Redis Cluster (`urls`: seed nodes) or a Sentinel-guarded primary
+    /// (`urls`: the sentinels, `sentinel_master`: the name they watch).
+    pub mode: RedisMode,
+    /// The Redis of `single` mode. May hold a password: log only
+    /// [`crate::config::redact_url`] of it.
     pub url: String,
+    /// Cluster seed nodes or sentinels (`rediss://` for TLS; a password in the URL is used
+    /// for the sentinels and the primary alike). May hold passwords, like `url`.
+    pub urls: Vec<String>,
+    /// The master name the sentinels know the primary by.
+    pub sentinel_master: Option<String>,
     pub key_prefix: String,
     pub pool_size: usize,
+    /// How many replicas must hold the writes "never sent twice" rests on (the claim and the
+    /// sent / dead-letter marks) before the worker acts on them (`WAIT`). Unset: 1 in
+    /// cluster and sentinel mode, 0 (no wait) in single mode.
+    pub replicas_ack: Option<u32>,
+    /// How long a worker waits for those replicas; below the 2 s Redis response timeout.
+    #[serde(with = "humantime_serde")]
+    pub replicas_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisMode {
+    #[default]
+    Single,
+    Cluster,
+    Sentinel,
+}
+
+impl RedisMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisMode::Single => "single",
+            RedisMode::Cluster => "cluster",
+            RedisMode::Sentinel => "sentinel",
+        }
+    }
+}
+
+impl RedisConfig {
+    /// Replicas each guarded write waits for (see `replicas_ack`).
+    pub fn replicas_ack(&self) -> u32 {
+        self.replicas_ack.unwrap_or(match self.mode {
+            RedisMode::Single => 0,
+            RedisMode::Cluster | RedisMode::Sentinel => 1,
+        })
+    }
+
+    /// Where this connects, passwords hidden: for logs and errors.
+    pub fn describe(&self) -> String {
+        match self.mode {
+            RedisMode::Single => redact_url(&self.url),
+            RedisMode::Cluster | RedisMode::Sentinel => {
+                let urls: Vec<String> = self.urls.iter().map(|u| redact_url(u)).collect();
+                let master = self
+                    .sentinel_master
+                    .as_deref()
+                    .map_or(String::new(), |m| format!(" master {m}"));
+                format!("{} [{}]{master}", self.mode.as_str(), urls.join(", "))
+            }
+        }
+    }
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
+            mode: RedisMode::Single,
             url: "redis://127.0.0.1:6379/0".into(),
+            urls: Vec::new(),
+            sentinel_master: None,
             key_prefix: "wxpush".into(),
             pool_size: 16,
+            replicas_ack: None,
+            replicas_timeout: Duration::from_millis(1000),
         }
     }
 }

@@ -314,29 +314,25 @@ pub async fn renew(
     Ok(renewed == 1)
 }
 
-/// Renews many claims in one round trip; the result says, per claim, whether it was renewed.
-pub async fn renew_all(
-    conn: &mut impl redis::aio::ConnectionLike,
+/// Renews many claims at once; the result says, per claim, whether it was renewed. The
+/// renewals go out together on the multiplexed connection (pipelined on the wire, each to
+/// its own node in a cluster, where one pipeline may not span slots).
+pub async fn renew_all<C>(
+    conn: &mut C,
     claims: &[(String, ClaimId)],
     lease: Duration,
-) -> redis::RedisResult<Vec<bool>> {
-    if claims.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut pipe = redis::pipe();
-    for (key, claim_id) in claims {
-        pipe.invoke_script(RENEW.key(key).arg(&claim_id.0).arg(ms(lease)));
-    }
-    let renewed: Vec<i64> = match pipe.query_async(conn).await {
-        Ok(renewed) => renewed,
-        // EVALSHA fails with NOSCRIPT after a Redis restart: load the script once, retry.
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            let _: String = RENEW.prepare_invoke().load_async(conn).await?;
-            pipe.query_async(conn).await?
-        }
-        Err(e) => return Err(e),
-    };
-    Ok(renewed.into_iter().map(|r| r == 1).collect())
+) -> redis::RedisResult<Vec<bool>>
+where
+    C: redis::aio::ConnectionLike + Clone + Send,
+{
+    let renewals = claims.iter().map(|(key, claim_id)| {
+        let mut conn = conn.clone();
+        async move { renew(&mut conn, key, claim_id, lease).await }
+    });
+    futures_util::future::join_all(renewals)
+        .await
+        .into_iter()
+        .collect()
 }
 
 /// Marks the event sent. Unconditional: "sent" is the truth whoever holds the claim.

@@ -5,9 +5,12 @@
 //! `allkeys-*` policy may pick it) or loses in a crash (no AOF, or an AOF synced only every
 //! second) reads as "never sent". So the worker reads `maxmemory-policy`, `appendonly` and
 //! `appendfsync` and names each risk; the worker refuses to run with risks under
-//! `dead_letter` unless `policy.unsafe_redis = true`.
+//! `dead_letter` unless `policy.unsafe_redis = true`. In a cluster every master is read
+//! (each holds a share of the records); behind sentinels, the primary.
 
 use deadpool_redis::redis;
+
+use super::Conn;
 
 /// The Redis settings that decide whether keys can be evicted or lost.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,28 +52,56 @@ impl Durability {
 /// Reads the settings; a setting Redis will not show (managed services often refuse
 /// `CONFIG`) is `None`.
 pub async fn inspect(conn: &mut impl redis::aio::ConnectionLike) -> redis::RedisResult<Durability> {
-    let mut get = async |name: &str| -> redis::RedisResult<Option<String>> {
-        let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg(name)
-            .query_async(conn)
-            .await;
-        match reply {
-            Ok(pair) => Ok(pair.get(1).cloned()),
-            Err(e)
-                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
-            {
-                Ok(None)
-            }
-            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => Err(e),
-            Err(_) => Ok(None),
-        }
+    let mut get = async |name: &str| {
+        shown(
+            redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async(&mut *conn)
+                .await,
+        )
     };
     Ok(Durability {
         maxmemory_policy: get("maxmemory-policy").await?,
         appendonly: get("appendonly").await?,
         appendfsync: get("appendfsync").await?,
     })
+}
+
+/// The settings of every master that holds wxpush's keys: each master of a cluster (named
+/// `host:port`), else the one Redis `conn` reaches (the primary, in sentinel mode; unnamed).
+pub async fn inspect_masters(conn: &mut Conn) -> redis::RedisResult<Vec<(String, Durability)>> {
+    let masters = conn.masters().await?;
+    if masters.is_empty() {
+        return Ok(vec![(String::new(), inspect(conn).await?)]);
+    }
+    let mut found = Vec::new();
+    for node in &masters {
+        let mut get = async |name: &str| {
+            let mut cmd = redis::cmd("CONFIG");
+            cmd.arg("GET").arg(name);
+            shown(conn.on_node(Some(node), cmd).await)
+        };
+        let durability = Durability {
+            maxmemory_policy: get("maxmemory-policy").await?,
+            appendonly: get("appendonly").await?,
+            appendfsync: get("appendfsync").await?,
+        };
+        found.push((format!("{}:{}", node.0, node.1), durability));
+    }
+    Ok(found)
+}
+
+/// A `CONFIG GET` reply's value; `None` when Redis refused to show it.
+fn shown(reply: redis::RedisResult<Vec<String>>) -> redis::RedisResult<Option<String>> {
+    match reply {
+        Ok(pair) => Ok(pair.get(1).cloned()),
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
+            Ok(None)
+        }
+        Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => Err(e),
+        Err(_) => Ok(None),
+    }
 }
 
 #[cfg(test)]

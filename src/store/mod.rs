@@ -13,13 +13,16 @@
 //! Two ways in: the [`pooled`] deadpool connections for occasional work (token refreshes,
 //! health pings, CLI commands), and one multiplexed [`HotPath`] connection shared by every
 //! message task: a pool checkout costs a round trip of its own (deadpool pings a connection
-//! before lending it), which doubled the Redis round trips per message.
+//! before lending it), which doubled the Redis round trips per message. Both work in every
+//! `redis.mode` (single, cluster, sentinel) through one connection type, [`Conn`]
+//! ([`connection`]).
 //!
 //! What these stores decide (when an event counts as sent, when a token is stale) lives
 //! with their callers (`worker`, `token`); this module only knows how it is written down.
 
 pub mod app_hold;
 pub mod claims;
+pub mod connection;
 pub mod delivery_result;
 pub mod durability;
 pub mod event_record;
@@ -30,11 +33,8 @@ pub mod rate_limit;
 pub mod token_record;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
-
-use crate::config::{RedisConfig, redact_url};
+pub use connection::{Conn, Connection, HotPath, Pool, PoolError, pooled};
 pub use keys::Keys;
 
 /// A Redis call failed: the connection, the pool or the command. The Redis error is kept as
@@ -60,97 +60,42 @@ impl StoreError {
     }
 }
 
-/// Builds the pool for occasional work. Connections are made lazily, so this succeeds with Redis down; waits for
-/// a connection are bounded so a Redis outage turns into errors, never a hang.
-pub fn pooled(config: &RedisConfig) -> anyhow::Result<Pool> {
-    let mut cfg = deadpool_redis::Config::from_url(config.url.clone());
-    cfg.pool = Some(PoolConfig {
-        max_size: config.pool_size.max(1),
-        timeouts: Timeouts {
-            wait: Some(Duration::from_secs(2)),
-            create: Some(Duration::from_secs(2)),
-            recycle: Some(Duration::from_secs(2)),
-        },
-        ..PoolConfig::default()
-    });
-    cfg.create_pool(Some(Runtime::Tokio1))
-        .map_err(|e| anyhow::anyhow!("redis.url {} is not usable: {e}", redact_url(&config.url)))
-}
-
-/// The hot-path connection: one multiplexed connection shared by every message task.
-/// Commands from many tasks are pipelined on it, and it reconnects by itself after Redis
-/// restarts. Connected on first use, so a worker starts while Redis is down.
-#[derive(Clone)]
-pub struct HotPath {
-    client: deadpool_redis::redis::Client,
-    manager: std::sync::Arc<tokio::sync::OnceCell<deadpool_redis::redis::aio::ConnectionManager>>,
-}
-
-impl HotPath {
-    pub fn new(config: &RedisConfig) -> anyhow::Result<HotPath> {
-        let client = deadpool_redis::redis::Client::open(config.url.as_str()).map_err(|e| {
-            anyhow::anyhow!("redis.url {} is not usable: {e}", redact_url(&config.url))
-        })?;
-        Ok(HotPath {
-            client,
-            manager: Default::default(),
-        })
-    }
-
-    /// Runs `command` on the shared connection; a failure of either the connection or the
-    /// command comes back as one [`StoreError`] labelled `action`.
-    pub async fn run<T>(
-        &self,
-        action: &'static str,
-        command: impl AsyncFnOnce(
-            &mut deadpool_redis::redis::aio::ConnectionManager,
-        ) -> deadpool_redis::redis::RedisResult<T>,
-    ) -> Result<T, StoreError> {
-        let mut conn = self.get().await?;
-        command(&mut conn)
-            .await
-            .map_err(|e| StoreError::new(action, e))
-    }
-
-    /// A handle on the shared connection (cheap to clone).
-    pub async fn get(&self) -> Result<deadpool_redis::redis::aio::ConnectionManager, StoreError> {
-        use deadpool_redis::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-        let manager = self
-            .manager
-            .get_or_try_init(|| {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(2)))
-                    .set_response_timeout(Some(Duration::from_secs(2)))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_secs(1));
-                ConnectionManager::new_with_config(self.client.clone(), config)
-            })
-            .await
-            .map_err(|e| StoreError::new("connect", e))?;
-        Ok(manager.clone())
-    }
-}
-
 /// Deletes every key under `prefix:` (demo, benchmark and test runs use their own prefix).
-/// Uses SCAN, so it does not block Redis on a large database.
+/// Uses SCAN, so it does not block Redis on a large database; in a cluster it scans each
+/// master and deletes key by key (one `DEL` may not span slots).
 pub async fn delete_prefix(pool: &Pool, prefix: &str) -> anyhow::Result<usize> {
-    use deadpool_redis::redis;
     let mut conn = pool.get().await?;
+    let masters = conn.masters().await?;
+    let mut deleted = 0;
+    if masters.is_empty() {
+        deleted += delete_on_node(&mut conn, None, prefix).await?;
+    }
+    for node in &masters {
+        deleted += delete_on_node(&mut conn, Some(node), prefix).await?;
+    }
+    Ok(deleted)
+}
+
+async fn delete_on_node(
+    conn: &mut Conn,
+    node: Option<&(String, u16)>,
+    prefix: &str,
+) -> anyhow::Result<usize> {
+    use deadpool_redis::redis;
     let mut cursor: u64 = 0;
     let mut deleted = 0;
     loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
             .arg("MATCH")
             .arg(format!("{prefix}:*"))
             .arg("COUNT")
-            .arg(500)
-            .query_async(&mut *conn)
-            .await?;
-        if !keys.is_empty() {
-            deleted += keys.len();
-            let _: () = redis::cmd("DEL").arg(keys).query_async(&mut *conn).await?;
+            .arg(500);
+        let (next, keys): (u64, Vec<String>) = conn.on_node(node, scan).await?;
+        for key in &keys {
+            let _: i64 = redis::cmd("DEL").arg(key).query_async(&mut *conn).await?;
         }
+        deleted += keys.len();
         if next == 0 {
             return Ok(deleted);
         }

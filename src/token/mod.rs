@@ -20,8 +20,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::store::{Connection, Pool};
 use backon::{BackoffBuilder, ExponentialBuilder};
-use deadpool_redis::{Connection, Pool};
 use secrecy::SecretString;
 
 use crate::admin::metrics as m;

@@ -281,7 +281,7 @@ async fn claim(
     claimed_by_us: &mut Option<(String, ClaimId)>,
 ) -> Result<Claimed, Disposition> {
     let key = ctx.keys.event(&prepared.event.id);
-    let epoch_key = ctx.keys.epoch();
+    let epoch_key = ctx.keys.event_epoch(&prepared.event.id);
     let app = prepared.app.as_str();
     let claim_id = ClaimId::new();
     let request = ClaimRequest {
@@ -303,6 +303,15 @@ async fn claim(
         ctx.keeper.orphan(&key, &claim_id);
         Disposition::redis("claim", e)
     })?;
+    if matches!(
+        found,
+        Claim::Fresh { .. } | Claim::Ambiguous { .. } | Claim::Lost
+    ) && let Err(e) = ctx.hot_path.replicated(&mut conn, &key).await
+    {
+        // A failover now could forget the claim: do not send on it; release it later.
+        ctx.keeper.orphan(&key, &claim_id);
+        return Err(e.into());
+    }
     let unconfirmed = match &found {
         Claim::Ambiguous { .. } => Some(Unconfirmed::LapsedClaim),
         Claim::Lost => Some(Unconfirmed::LostState),

@@ -23,10 +23,11 @@ pub mod settle;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::store::Pool;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use deadpool_redis::Pool;
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
@@ -69,6 +70,8 @@ pub struct Ctx {
     pub health: Arc<Health>,
     /// This worker's identity (its consumer tag).
     pub owner: String,
+    /// The index in `amqp.nodes()` of the RabbitMQ node the next session tries first.
+    pub amqp_node: AtomicUsize,
     /// The longest a delivery may hold its claim (see `handle::claim_hold`).
     pub claim_hold: Duration,
     /// The claims this worker holds, renewed while it works on them.
@@ -98,6 +101,7 @@ impl Ctx {
             ),
             health: Health::new(),
             owner: uuid::Uuid::new_v4().simple().to_string(),
+            amqp_node: AtomicUsize::new(0),
             config,
             tokens,
             client,
@@ -152,7 +156,7 @@ impl Worker {
         };
         tracing::info!(
             amqp = %redact_url(&ctx.config.amqp.url),
-            redis = %redact_url(&ctx.config.redis.url),
+            redis = %ctx.config.redis.describe(),
             queue = %ctx.config.amqp.queue,
             prefetch = ctx.config.amqp.prefetch,
             admin = %admin_addr,
@@ -377,6 +381,11 @@ async fn session(ctx: &Arc<Ctx>, stop: &CancellationToken) -> anyhow::Result<Ses
     let tracker = TaskTracker::new();
     let (acker, acks_flushed) = Acker::spawn(session.channel.clone());
     let end = consume(ctx, stop, &mut session, &tracker, &acker).await;
+    if matches!(end, Err(_) | Ok(SessionEnd::PublishFailed)) {
+        // Its node may be gone: the next session starts at the next node.
+        let next = (ctx.amqp_node.load(Ordering::Relaxed) + 1) % ctx.config.amqp.nodes().len();
+        ctx.amqp_node.store(next, Ordering::Relaxed);
+    }
     ctx.health.set(&ctx.health.consuming, false);
     let cancel = session
         .channel
@@ -413,10 +422,18 @@ async fn session(ctx: &Arc<Ctx>, stop: &CancellationToken) -> anyhow::Result<Ses
 
 async fn open_session(ctx: &Ctx) -> anyhow::Result<Session> {
     let amqp = &ctx.config.amqp;
-    let publishing = broker::connect(&amqp.url, "worker publishing").await?;
+    // Both connections to one node, starting where the last session was: a session that
+    // ended because its node went away has moved the start on (see `session`).
+    let nodes = amqp.nodes();
+    let start = ctx.amqp_node.load(Ordering::Relaxed);
+    let (publishing, node) = broker::connect_first(&nodes, start, "worker publishing").await?;
+    ctx.amqp_node.store(node, Ordering::Relaxed);
     let publisher = Publisher::for_config(&publishing, amqp).await?;
     ctx.topology.declare_on(&publishing).await?;
-    let consuming = broker::connect(&amqp.url, "worker consuming").await?;
+    let (consuming, _) = broker::connect_first(&nodes, node, "worker consuming").await?;
+    if nodes.len() > 1 {
+        tracing::info!(node = %redact_url(&nodes[node]), "connected to RabbitMQ");
+    }
     let channel = consuming.create_channel().await?;
     channel
         .basic_qos(amqp.prefetch, BasicQosOptions::default())

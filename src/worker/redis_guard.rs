@@ -8,7 +8,7 @@
 //! here too, and checked on every health tick ([`detect_loss`]).
 
 use crate::admin::metrics as m;
-use crate::config::OnAmbiguous;
+use crate::config::{OnAmbiguous, RedisMode};
 use crate::store::{StoreError, claims, durability};
 
 use super::Ctx;
@@ -32,7 +32,7 @@ pub async fn verify(ctx: &Ctx) -> Result<(), Unfit> {
         .get()
         .await
         .map_err(|e| StoreError::new("connection", e))?;
-    let durability = durability::inspect(&mut *conn)
+    let masters = durability::inspect_masters(&mut conn)
         .await
         .map_err(|e| StoreError::new("CONFIG GET", e))?;
     if claims::ensure_epoch(&mut *conn, &ctx.keys.epoch())
@@ -43,7 +43,25 @@ pub async fn verify(ctx: &Ctx) -> Result<(), Unfit> {
             "this Redis had no wxpush epoch: a new deployment (or key prefix), or Redis lost its data; redelivered events without state are treated as ambiguous for a while"
         );
     }
-    let risks = durability.risks();
+    let mut risks: Vec<String> = masters
+        .iter()
+        .flat_map(|(node, durability)| {
+            durability
+                .risks()
+                .into_iter()
+                .map(move |risk| match node.as_str() {
+                    "" => risk,
+                    node => format!("{node}: {risk}"),
+                })
+        })
+        .collect();
+    let redis = &ctx.config.redis;
+    if redis.mode != RedisMode::Single && redis.replicas_ack() == 0 {
+        risks.push(format!(
+            "redis.replicas_ack is 0 in {} mode: Redis replicates asynchronously, so a failover can forget the last claims and sent marks (set redis.replicas_ack = 1)",
+            redis.mode.as_str()
+        ));
+    }
     let promised = ctx.config.policy.on_ambiguous == OnAmbiguous::DeadLetter;
     metrics::gauge!(m::REDIS_UNSAFE).set(if promised && !risks.is_empty() {
         1.0

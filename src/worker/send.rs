@@ -132,7 +132,7 @@ async fn sent(ctx: &Ctx, this: &Attempt<'_>, msgid: u64) -> Disposition {
     let ttl = ctx.config.policy.idempotency_ttl;
     let marked = ctx
         .hot_path
-        .run("mark sent", async |conn| {
+        .run_replicated("mark sent", this.key, async |conn| {
             claims::mark_sent(conn, this.key, msgid, ttl).await
         })
         .await;

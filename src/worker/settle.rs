@@ -260,7 +260,7 @@ async fn record_pending(
         errmsg: failure.errmsg.clone(),
     };
     ctx.hot_path
-        .run("dead-letter record", async |conn| {
+        .run_replicated("dead-letter record", key, async |conn| {
             claims::mark_dead_pending(conn, key, claim_id, *replayed, &pending).await
         })
         .await

@@ -14,7 +14,7 @@ use wxpush::broker::dead_letter::{self, Failure, Letter};
 use wxpush::broker::headers as h;
 use wxpush::broker::publish::Publisher;
 use wxpush::broker::topology::Topology;
-use wxpush::config::{Config, load_str};
+pub use wxpush::config::{Config, RedisConfig, RedisMode, load_str};
 use wxpush::worker::Worker;
 use wxpush_mock_wechat::{MockOptions, MockServer};
 
@@ -50,7 +50,84 @@ where
     }
 }
 
+/// Which Redis the suites run against: `WXPUSH_TEST_REDIS_MODE` = `single` (default, the
+/// Redis on 6379), `cluster` or `sentinel` (the loopback clusters of
+/// `scripts/clusters.sh start`, found through the `WXPUSH_TEST_REDIS_*` variables it
+/// prints). The same tests, parameterised: `scripts/test.sh` runs the pipeline, token and
+/// claims suites once per mode.
+pub fn redis_mode() -> RedisMode {
+    match std::env::var("WXPUSH_TEST_REDIS_MODE").as_deref() {
+        Err(_) | Ok("") | Ok("single") => RedisMode::Single,
+        Ok("cluster") => RedisMode::Cluster,
+        Ok("sentinel") => RedisMode::Sentinel,
+        Ok(other) => panic!("WXPUSH_TEST_REDIS_MODE={other}: expected single, cluster or sentinel"),
+    }
+}
+
+/// Points `redis` at the Redis of `mode`. A cluster mode whose variables are missing fails
+/// the test, saying how to start the clusters: it never passes against the wrong Redis.
+pub fn use_redis(redis: &mut RedisConfig, mode: RedisMode) {
+    redis.mode = mode;
+    match mode {
+        RedisMode::Single => redis.urls.clear(),
+        RedisMode::Cluster => redis.urls = cluster_env("WXPUSH_TEST_REDIS_CLUSTER"),
+        RedisMode::Sentinel => {
+            redis.urls = cluster_env("WXPUSH_TEST_REDIS_SENTINEL");
+            redis.sentinel_master = Some(
+                std::env::var("WXPUSH_TEST_REDIS_SENTINEL_MASTER")
+                    .unwrap_or_else(|_| "mymaster".into()),
+            );
+        }
+    }
+}
+
+/// The `[redis]` keys that reach the Redis of `mode`.
+pub fn redis_section(mode: RedisMode) -> String {
+    let mut redis = RedisConfig::default();
+    use_redis(&mut redis, mode);
+    let urls = toml::Value::from(redis.urls.clone());
+    match (mode, &redis.sentinel_master) {
+        (RedisMode::Single, _) => format!("url = \"{REDIS_URL}\""),
+        (RedisMode::Cluster, _) => format!("mode = \"cluster\"\nurls = {urls}"),
+        (RedisMode::Sentinel, master) => format!(
+            "mode = \"sentinel\"\nurls = {urls}\nsentinel_master = \"{}\"",
+            master.as_deref().unwrap_or("mymaster")
+        ),
+    }
+}
+
+/// A comma-separated list of URLs from `var`, set by `scripts/clusters.sh start`.
+pub fn cluster_env(var: &str) -> Vec<String> {
+    match std::env::var(var) {
+        Ok(list) if !list.trim().is_empty() => list.split(',').map(str::to_owned).collect(),
+        _ => panic!(
+            "{var} is not set: this test needs the loopback clusters. Run: eval \"$(scripts/clusters.sh start)\" (scripts/test.sh does it)"
+        ),
+    }
+}
+
+/// The Redis config of the mode under test, with `prefix`.
+pub fn redis_config(prefix: &str) -> RedisConfig {
+    let mut redis = RedisConfig {
+        key_prefix: prefix.to_owned(),
+        ..RedisConfig::default()
+    };
+    use_redis(&mut redis, redis_mode());
+    redis
+}
+
+/// A connection to the Redis of the mode under test (the one type every mode uses).
+pub async fn redis_conn(redis: &RedisConfig) -> wxpush::store::Conn {
+    wxpush::store::HotPath::new(redis)
+        .expect("redis config")
+        .get()
+        .await
+        .expect("Redis of the mode under test answers")
+}
+
+/// The test config, its `[redis]` section for the mode under test ([`redis_mode`]).
 pub fn config_text(prefix: &str, api_base: &str) -> String {
+    let redis = redis_section(redis_mode());
     format!(
         r#"
 [amqp]
@@ -61,7 +138,7 @@ dead_letter_queue = "{prefix}.dead"
 prefetch = 64
 
 [redis]
-url = "{REDIS_URL}"
+{redis}
 key_prefix = "{prefix}"
 
 [wechat]
@@ -168,7 +245,7 @@ impl TestApp {
         assert_eq!(loaded.problems(), vec![], "test config is clean");
         let mut config = loaded.config;
         tweak(&mut config);
-        let connection = wxpush::broker::connect(AMQP_URL, "test")
+        let connection = wxpush::broker::connect_any(&config.amqp, "test")
             .await
             .expect("RabbitMQ is up");
         let publisher = Publisher::open(&connection).await.expect("confirm channel");
@@ -307,8 +384,11 @@ impl TestApp {
 
     /// The `state` field of an event's idempotency record in Redis (`claimed`, `sent`, …).
     pub async fn event_state(&self, event_id: &str) -> Option<String> {
-        let client = redis::Client::open(REDIS_URL).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        let mut conn = wxpush::store::HotPath::new(&self.config.redis)
+            .ok()?
+            .get()
+            .await
+            .ok()?;
         redis::cmd("HGET")
             .arg(format!("{}:event:{{{event_id}}}", self.prefix))
             .arg("state")
@@ -329,7 +409,11 @@ impl TestApp {
         let connection = eventually(
             "RabbitMQ accepts a connection",
             Duration::from_secs(30),
-            || async { wxpush::broker::connect(AMQP_URL, "test").await.ok() },
+            || async {
+                wxpush::broker::connect_any(&self.config.amqp, "test")
+                    .await
+                    .ok()
+            },
         )
         .await;
         self.publisher = Publisher::open(&connection).await.expect("confirm channel");

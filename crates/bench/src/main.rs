@@ -366,7 +366,7 @@ fn write_config(
 async fn measure(plan: &Plan, emulator: &Emulator) -> anyhow::Result<Report> {
     let args = &plan.args;
     let config = &plan.config;
-    let connection = broker::connect(&config.amqp.url, "bench")
+    let connection = broker::connect_any(&config.amqp, "bench")
         .await
         .map_err(|e| anyhow::anyhow!("{e:#}\n{START_SERVERS}"))?;
     let publisher = Publisher::open(&connection).await?;
@@ -376,14 +376,18 @@ async fn measure(plan: &Plan, emulator: &Emulator) -> anyhow::Result<Report> {
     let monitor = connection.create_channel().await?;
     let events = Arc::new(load::events(&plan.tag, "", args.events));
     let mut report = Report::new(plan, emulator);
-    let mut redis = probe::Redis::connect(&config.redis.url)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot connect to Redis at {}: {e:#}\n{START_SERVERS}",
-                config::redact_url(&config.redis.url)
-            )
-        })?;
+    // Command counts come from one node: the Redis in single mode, else the first of
+    // redis.urls (a seed or a sentinel), so they are partial there.
+    let probe_url = match config.redis.mode {
+        config::RedisMode::Single => config.redis.url.clone(),
+        _ => config.redis.urls.first().cloned().unwrap_or_default(),
+    };
+    let mut redis = probe::Redis::connect(&probe_url).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to Redis at {}: {e:#}\n{START_SERVERS}",
+            config::redact_url(&config.redis.url)
+        )
+    })?;
     report.machine.redis_version = redis.version().await;
     report.machine.loadavg_start = probe::loadavg();
 
@@ -476,7 +480,7 @@ async fn measure(plan: &Plan, emulator: &Emulator) -> anyhow::Result<Report> {
 async fn cleanup(plan: &Plan) {
     let config = &plan.config;
     let topology = Topology::new(&config.amqp, &config.retry);
-    if let Ok(connection) = broker::connect(&config.amqp.url, "bench cleanup").await
+    if let Ok(connection) = broker::connect_any(&config.amqp, "bench cleanup").await
         && let Ok(channel) = connection.create_channel().await
     {
         let queues = [
@@ -496,7 +500,19 @@ async fn cleanup(plan: &Plan) {
             .await;
         let _ = connection.close(200, "bench cleanup done".into()).await;
     }
-    if let Err(e) = probe::delete_keys(&config.redis.url, &config.redis.key_prefix).await {
+    let deleted = match config.redis.mode {
+        config::RedisMode::Single => {
+            probe::delete_keys(&config.redis.url, &config.redis.key_prefix).await
+        }
+        // Each master's keys, key by key (see store::delete_prefix).
+        _ => match wxpush::store::pooled(&config.redis) {
+            Ok(pool) => wxpush::store::delete_prefix(&pool, &config.redis.key_prefix)
+                .await
+                .map(drop),
+            Err(e) => Err(e),
+        },
+    };
+    if let Err(e) = deleted {
         eprintln!(
             "warning: could not delete Redis keys {}:*: {e}",
             config.redis.key_prefix
