@@ -166,10 +166,13 @@ step "cargo test --workspace --features wxpush/failpoints"
 cargo test --workspace --locked --features wxpush/failpoints
 
 # The same suites on the other Redis modes (parameterised by WXPUSH_TEST_REDIS_MODE, see
-# tests/common/mod.rs): the pipeline end to end, the token store, the claim state machine.
+# tests/common/mod.rs): the pipeline end to end, the token store, the claim state machine,
+# and the stores added with them: app holds and the rate limiter (limits), the grant
+# ledger (grant_flow), the delivery record (delivery_record).
 # tests/failover.rs ran above with the workspace.
 for mode in cluster sentinel; do
-    step "cargo test --test pipeline --test token --test claims on Redis $mode"
+    step "cargo test (pipeline, token, claims, limits, grant_flow, delivery_record) on Redis $mode"
     WXPUSH_TEST_REDIS_MODE=$mode cargo test --locked --features wxpush/failpoints \
-        --test pipeline --test token --test claims
+        --test pipeline --test token --test claims --test limits --test grant_flow \
+        --test delivery_record
 done
