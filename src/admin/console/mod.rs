@@ -766,7 +766,7 @@ async fn event(
                 @if let serde_json::Value::Object(fields) = &v {
                     table #record { tbody { @for (k, v) in fields {
                         @if !matches!(v, serde_json::Value::Array(_) | serde_json::Value::Object(_)) {
-                            tr { th { (k) } td.mono { (match v { serde_json::Value::String(s) => s.clone(), other => other.to_string() }) } }
+                            tr { th { (k.strip_suffix("_ms").unwrap_or(k)) } td.mono { (record_cell(k, v)) } }
                         }
                     } } }
                 }
@@ -776,6 +776,22 @@ async fn event(
         }
     };
     page("Event lookup", "Events", &csrf, None, body).into_response()
+}
+
+/// A delivery record's value as text: `*_ms` times as RFC 3339.
+fn record_cell(key: &str, value: &serde_json::Value) -> String {
+    use time::format_description::well_known::Rfc3339;
+    match value {
+        serde_json::Value::Number(n) if key.ends_with("_ms") => n
+            .as_u64()
+            .and_then(|ms| {
+                OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+            })
+            .and_then(|t| t.format(&Rfc3339).ok())
+            .unwrap_or_else(|| n.to_string()),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]
