@@ -6,7 +6,8 @@
 #      Redis Cluster, Sentinel setup and RabbitMQ cluster of the cluster tests
 #      (scripts/clusters.sh, not with --services);
 #   2. installs what the tests need when it is missing: a C compiler (build-essential),
-#      openssl and stunnel4 (tests/tls.rs), procps (`kill`), the rustfmt and clippy
+#      openssl and stunnel4 (tests/tls.rs), procps (`kill`), chromium and chromium-driver
+#      (tests/console_browser.rs), the rustfmt and clippy
 #      components, and cargo-deny (`cargo install --locked`);
 #   3. runs the checks: cargo deny, cargo fmt, cargo clippy, the production build (no
 #      emulator, no demo in the `wxpush` binary) and `cargo test --workspace` (with the
@@ -126,6 +127,8 @@ command -v openssl >/dev/null || need+=(openssl)             # tests/tls.rs make
 command -v stunnel4 >/dev/null || command -v stunnel >/dev/null ||
     need+=(stunnel4)                                          # tests/tls.rs: TLS in front of the servers
 type -P kill >/dev/null || need+=(procps)                    # tests send signals with kill(1)
+command -v chromium >/dev/null || need+=(chromium)           # tests/console_browser.rs: a real browser
+command -v chromedriver >/dev/null || need+=(chromium-driver) # ... driven over WebDriver
 if [ ${#need[@]} -gt 0 ]; then
     apt_install "${need[@]}"
 fi
@@ -133,7 +136,7 @@ if ! cargo deny --version >/dev/null 2>&1; then
     echo "installing cargo-deny (cargo install --locked; takes a few minutes once)"
     cargo install --locked --quiet cargo-deny
 fi
-echo "cc, openssl, stunnel, kill, cargo-deny: present"
+echo "cc, openssl, stunnel, kill, chromium, chromedriver, cargo-deny: present"
 
 step "cargo deny check bans licenses sources"
 cargo deny --log-level error check bans licenses sources

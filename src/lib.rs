@@ -10,8 +10,9 @@
 //!   names, the pooled and hot-path connections;
 //! - [`broker`]: AMQP connection, topology, confirmed publishing, and the dead-letter
 //!   headers ([`broker::dead_letter`]);
+//! - [`dead_letters`]: reading, replaying and purging dead letters (CLI, API and console);
 //! - [`worker`]: consume → decide (`handle`, `send`, `disposition`) → settle → ack;
-//! - [`admin`]: health, readiness and metrics;
+//! - [`admin`]: health, readiness, metrics, the JSON API and the operator console;
 //! - [`push`]: WeChat's message push received: grants and final delivery results;
 //! - [`telemetry`]: logging setup and error chains for logs;
 //! - [`cli`]: the `wxpush` commands;
@@ -25,6 +26,7 @@ pub mod admin;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod dead_letters;
 pub mod event;
 pub mod failpoint;
 pub mod push;

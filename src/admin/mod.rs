@@ -1,10 +1,13 @@
 //! Operator-facing HTTP on `admin.listen`: `/healthz` (the process is alive), `/readyz`
 //! (broker, Redis and consumer up, no app stopped by a credential error), `/metrics`
-//! (Prometheus text) and the JSON API under `/api/` (`api.rs`, guarded by `auth.rs`).
+//! (Prometheus text), the JSON API under `/api/` (`api.rs`, guarded by `auth.rs`) and the
+//! operator console at `/` (`console`); both act through `ops.rs`.
 
 pub mod api;
 pub mod auth;
+pub mod console;
 pub mod metrics;
+pub mod ops;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -94,6 +97,12 @@ pub async fn serve(
         health,
         metrics: metrics::install(),
     };
+    let rates = Arc::new(console::rates::Sampler::default());
+    rates.spawn(state.metrics.clone());
+    let console = Arc::new(console::Console {
+        api: api.clone(),
+        rates,
+    });
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -103,6 +112,7 @@ pub async fn serve(
         )
         .with_state(state)
         .nest("/api", api::router(api))
+        .merge(console::router(console))
         // Nothing the admin listener takes needs more; bigger bodies are refused (413).
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024));
     tokio::spawn(async move {

@@ -1,8 +1,8 @@
 //! `wxpush dead [--json] [--limit N] [--show ID] [--summary]`: lists and inspects dead letters
 //! without consuming them.
 //!
-//! The messages are taken with `basic.get` (no auto-ack) on a channel of their own and never
-//! acked: closing that channel hands every one of them back, and RabbitMQ puts requeued
+//! The messages are read by [`crate::dead_letters::read`] (a consumer, no auto-ack) and never
+//! acked: the end of the scan hands every one of them back, and RabbitMQ puts requeued
 //! messages of a classic queue back in their original positions. Nothing is lost or
 //! reordered; the messages only come back marked `redelivered`. While the listing runs, the
 //! messages it holds are invisible to other readers of the dead-letter queue (a concurrent
@@ -10,23 +10,25 @@
 //! minutes by default) fails when the broker closes the channel; the letters go back all the
 //! same (`--limit` reads fewer).
 //!
-//! Shared with `replay`: [`open_queue`]. What a dead letter says about itself is read by
+//! What a dead letter says about itself is read by
 //! [`Letter`] (`broker::dead_letter`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use lapin::options::BasicGetOptions;
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ErrorKind};
+use lapin::{BasicProperties, Connection};
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 
 use super::{CliResult, progress};
 pub use crate::broker::dead_letter::Letter;
 use crate::broker::{self, headers as h};
 use crate::config::{Config, QueueType};
+use crate::dead_letters;
+use crate::dead_letters::view::table_value_json;
+pub use crate::dead_letters::view::{base64, table_json};
 
 #[derive(Debug, clap::Args)]
 pub struct DeadArgs {
@@ -93,24 +95,6 @@ pub fn warn_if_quorum(config: &Config) {
     }
 }
 
-/// Opens a channel of its own on the queue (passively: it must exist) and returns it with
-/// the number of ready messages in it.
-pub async fn open_queue(connection: &Connection, queue: &str) -> anyhow::Result<(Channel, u32)> {
-    let channel = connection.create_channel().await?;
-    let declared = crate::broker::inspect_queue(&channel, queue).await;
-    match declared {
-        Ok(q) => Ok((channel, q.message_count())),
-        Err(e) if is_not_found(&e) => Err(anyhow::anyhow!(
-            "the dead-letter queue `{queue}` does not exist (nothing was ever dead-lettered, or `amqp.dead_letter_queue` names another queue)"
-        )),
-        Err(e) => Err(anyhow::anyhow!("cannot open queue `{queue}`: {e}")),
-    }
-}
-
-fn is_not_found(e: &lapin::Error) -> bool {
-    matches!(e.kind(), ErrorKind::ProtocolError(p) if p.get_id() == 404)
-}
-
 /// One message read for `--show`.
 struct Shown {
     letter: Letter,
@@ -172,52 +156,37 @@ fn pretty(value: &Value) -> String {
     text
 }
 
-/// Reads the queue's messages (up to its length at start, or `--limit`) without acking any,
-/// then closes the channel so they all return to their places.
+/// Reads the queue's messages (up to its length at start, or `--limit`) without acking any;
+/// the scan's end returns them all to their places.
 async fn read_all(
     connection: &Connection,
     queue: &str,
     args: &DeadArgs,
 ) -> anyhow::Result<(Vec<Letter>, Vec<Shown>)> {
-    let (channel, count) = open_queue(connection, queue).await?;
-    let want = args
-        .limit
-        .map_or(u64::from(count), |l| l.min(u64::from(count)));
-    let bar = progress::bar(want, "reading dead letters");
-    let mut letters = Vec::new();
-    let mut shown = Vec::new();
-    let mut failure = None;
-    while (letters.len() as u64) < want {
-        let message = match channel
-            .basic_get(queue.into(), BasicGetOptions::default())
-            .await
-        {
-            Ok(Some(m)) => m,
-            Ok(None) => break,
-            Err(e) => {
-                failure = Some(anyhow::anyhow!("cannot read `{queue}`: {e}"));
-                break;
-            }
-        };
-        // Held unacked on purpose: the channel's close returns it to its place.
-        let letter = Letter::of_delivery(letters.len() + 1, &message.delivery);
-        if args.show.as_deref().is_some_and(|w| designates(&letter, w)) {
-            shown.push(Shown {
-                letter: letter.clone(),
-                properties: message.delivery.properties.clone(),
-                body: message.delivery.data.clone(),
-            });
-        }
-        letters.push(letter);
-        bar.inc(1);
-    }
+    let progress = std::sync::Arc::new(dead_letters::Progress::default());
+    let bar = progress::bar(0, "reading dead letters");
+    let ticker = progress::follow(&bar, &progress);
+    let read = dead_letters::read(
+        connection,
+        queue,
+        args.limit,
+        &progress,
+        &CancellationToken::new(),
+        |letter| args.show.as_deref().is_some_and(|w| designates(letter, w)),
+    )
+    .await;
+    ticker.abort();
     bar.finish_and_clear();
-    // Closing the channel (and, in any case, the connection afterwards) requeues everything.
-    let _ = channel.close(200, "dead: listing done".into()).await;
-    match failure {
-        Some(e) => Err(e),
-        None => Ok((letters, shown)),
-    }
+    let (letters, kept) = read?;
+    let shown = kept
+        .into_iter()
+        .map(|r| Shown {
+            letter: r.letter,
+            properties: r.properties,
+            body: r.body,
+        })
+        .collect();
+    Ok((letters, shown))
 }
 
 /// A cell of the table: control characters escaped, at most `max` characters.
@@ -432,72 +401,10 @@ fn show_text(out: &mut String, s: &Shown, now: OffsetDateTime) {
     out.push_str("\n\n");
 }
 
-/// Headers as a JSON object (for `--json --show`).
-pub fn table_json(table: &FieldTable) -> Value {
-    Value::Object(
-        table
-            .inner()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), table_value_json(v)))
-            .collect(),
-    )
-}
-
-fn table_value_json(value: &AMQPValue) -> Value {
-    match value {
-        AMQPValue::Boolean(v) => json!(v),
-        AMQPValue::ShortShortInt(v) => json!(v),
-        AMQPValue::ShortShortUInt(v) => json!(v),
-        AMQPValue::ShortInt(v) => json!(v),
-        AMQPValue::ShortUInt(v) => json!(v),
-        AMQPValue::LongInt(v) => json!(v),
-        AMQPValue::LongUInt(v) => json!(v),
-        AMQPValue::LongLongInt(v) => json!(v),
-        AMQPValue::Float(v) => json!(v),
-        AMQPValue::Double(v) => json!(v),
-        AMQPValue::DecimalValue(d) => {
-            json!(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
-        }
-        AMQPValue::ShortString(s) => json!(s.as_str()),
-        AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
-            Ok(text) => json!(text),
-            Err(_) => json!({ "base64": base64(s.as_bytes()) }),
-        },
-        AMQPValue::FieldArray(a) => {
-            Value::Array(a.as_slice().iter().map(table_value_json).collect())
-        }
-        AMQPValue::Timestamp(t) => json!(t),
-        AMQPValue::FieldTable(t) => table_json(t),
-        AMQPValue::ByteArray(b) => json!({ "base64": base64(b.as_slice()) }),
-        AMQPValue::Void => Value::Null,
-    }
-}
-
-/// Standard base64 with padding (bodies and header values that are not UTF-8, in JSON).
-pub fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lapin::types::FieldTable;
 
     use crate::broker::dead_letter::{self, Failure, FailureClass};
     use crate::wechat::errcode::ErrorClass;
@@ -535,22 +442,6 @@ mod tests {
         assert_eq!(letter_json(&l, now)["age"], "1h 5s");
         assert_eq!(letter_json(&l, now)["class"], "permanent");
         assert!(designates(&l, "e1") && designates(&l, "#3") && !designates(&l, "#2"));
-    }
-
-    #[test]
-    fn base64_matches_the_rfc_examples() {
-        let cases = [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ];
-        for (input, expected) in cases {
-            assert_eq!(base64(input.as_bytes()), expected);
-        }
     }
 
     #[test]

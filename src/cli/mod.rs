@@ -48,6 +48,8 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Move dead letters back to the events queue
     Replay(replay::ReplayArgs),
+    /// Drop the dead letters the filters select (counts only, without --yes)
+    Purge(replay::PurgeArgs),
     /// List and inspect dead letters without consuming them
     Dead(dead::DeadArgs),
     /// Validate the config and every template mapping; exit 0 only when clean
@@ -136,6 +138,7 @@ async fn dispatch(cli: Cli) -> CliResult {
         #[cfg(feature = "dev-tools")]
         Command::Demo(args) => demo::run(config_file, args).await,
         Command::Replay(args) => replay::run(&load(config_file)?.config, args).await,
+        Command::Purge(args) => replay::purge(&load(config_file)?.config, args).await,
         Command::Dead(args) => dead::run(&load(config_file)?.config, args).await,
     }
 }

@@ -17,3 +17,21 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
     .progress_chars("=> ");
     ProgressBar::new(len).with_style(style)
 }
+
+/// Moves `bar` along with a running [`crate::dead_letters::Progress`] (its length is the
+/// queue's, known once the scan started) until the returned task is aborted.
+pub fn follow(
+    bar: &ProgressBar,
+    progress: &std::sync::Arc<crate::dead_letters::Progress>,
+) -> tokio::task::JoinHandle<()> {
+    let (bar, progress) = (bar.clone(), progress.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let now = progress.snapshot();
+            bar.set_length(now.total);
+            bar.set_position(now.scanned);
+        }
+    })
+}

@@ -60,7 +60,7 @@ impl OutcomePublisher {
         outcome.errmsg = Some(status.to_owned());
         let mut open = self.open.lock().await;
         if open.is_none() {
-            let connection = crate::broker::connect(&self.amqp.url, "push outcomes").await?;
+            let connection = crate::broker::connect_any(&self.amqp, "push outcomes").await?;
             let publisher = Publisher::for_config(&connection, &self.amqp).await?;
             *open = Some((connection, publisher));
         }

@@ -93,6 +93,19 @@ impl Breaker {
         }
     }
 
+    /// The tripped apps: errcode, errmsg and for how long (for the console and `/api/apps`).
+    pub fn tripped(&self) -> HashMap<String, (Option<i64>, String, Duration)> {
+        let apps = self.apps.lock().expect("breaker lock poisoned");
+        apps.iter()
+            .map(|(app, t)| {
+                (
+                    app.clone(),
+                    (t.errcode, t.errmsg.clone(), t.since.elapsed()),
+                )
+            })
+            .collect()
+    }
+
     pub fn any_tripped(&self) -> bool {
         !self.apps.lock().expect("breaker lock poisoned").is_empty()
     }

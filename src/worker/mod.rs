@@ -132,14 +132,13 @@ impl Worker {
             return Err(unsafe_redis.into());
         }
         let stop = CancellationToken::new();
-        let api = Arc::new(admin::api::Api {
-            access: admin::auth::Access::new(
+        let api = Arc::new(admin::api::Api::new(
+            admin::auth::Access::new(
                 ctx.config.admin.token().map_err(anyhow::Error::msg)?,
                 ctx.config.admin.listen,
             ),
-            redis: ctx.hot_path.clone(),
-            keys: ctx.keys.clone(),
-        });
+            ctx.clone(),
+        ));
         let admin_addr = admin::serve(
             ctx.config.admin.listen,
             ctx.health.clone(),

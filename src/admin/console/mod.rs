@@ -1,0 +1,848 @@
+//! The operator console at `/` on the admin listener: server-rendered HTML (maud), one
+//! embedded stylesheet, readable without JavaScript (a running job's page refreshes itself
+//! with a `<meta refresh>`).
+//!
+//! Login takes the admin token in a password field and opens a session (`auth::Sessions`):
+//! an HttpOnly, SameSite=Strict cookie. Every form that changes something carries the
+//! session's CSRF token and is refused (403) without it. Without a configured token the
+//! console is open only on a loopback listener; elsewhere it is off.
+//!
+//! Pages: overview (rates, in flight, queue depths, apps), dead letters (groups, filtered
+//! list, one letter), replay and purge (a dry-run count first, then a job with live
+//! progress), event lookup, a user's grants. Everything they show or do comes from
+//! `admin::ops`, as the JSON API's does.
+
+pub mod rates;
+
+use std::sync::Arc;
+
+use axum::Form;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use maud::{DOCTYPE, Markup, html};
+use time::OffsetDateTime;
+
+use super::api::{Api, DeadQuery};
+use super::auth::{self, Access};
+use super::ops;
+use crate::dead_letters::{Action, Filter};
+use crate::store::event_record;
+
+const CSS: &str = include_str!("style.css");
+
+/// What the console's handlers need.
+pub struct Console {
+    pub api: Arc<Api>,
+    pub rates: Arc<rates::Sampler>,
+}
+
+/// The console's routes, at the root of the admin listener.
+pub fn router(console: Arc<Console>) -> Router {
+    Router::new()
+        .route("/", get(overview))
+        .route("/console.css", get(css))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/dead", get(dead))
+        .route("/dead/letter", get(letter))
+        .route("/dead/act", post(act))
+        .route("/jobs/{id}", get(job))
+        .route("/jobs/{id}/cancel", post(cancel))
+        .route("/events", get(event))
+        .route("/grants", get(grants))
+        .with_state(console)
+}
+
+type Pairs = Vec<(String, String)>;
+
+fn field<'a>(pairs: &'a Pairs, name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+async fn css() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        CSS,
+    )
+        .into_response()
+}
+
+// A refusal is a whole response, returned at once by the handler: no gain in boxing it.
+#[allow(clippy::result_large_err)]
+impl Console {
+    /// The session's CSRF token, or the response that sends the browser to log in.
+    fn session(&self, headers: &HeaderMap) -> Result<String, Response> {
+        if matches!(self.api.access, Access::Off) {
+            return Err(off());
+        }
+        self.api
+            .sessions
+            .csrf(headers)
+            .ok_or_else(|| Redirect::to("/login").into_response())
+    }
+
+    /// Like [`Console::session`], for a form: its `csrf` field must be the session's.
+    fn form_session(&self, headers: &HeaderMap, form: &Pairs) -> Result<String, Response> {
+        let csrf = self.session(headers)?;
+        if auth::csrf_ok(&csrf, field(form, "csrf")) {
+            Ok(csrf)
+        } else {
+            tracing::warn!("console form refused: missing or wrong CSRF token");
+            Err((
+                StatusCode::FORBIDDEN,
+                page_bare(
+                    "Refused",
+                    html! { p.notice.error { "This form lacks its CSRF token (or the session changed). Go back, reload the page and try again." } },
+                ),
+            )
+                .into_response())
+        }
+    }
+}
+
+fn off() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        page_bare(
+            "Console off",
+            html! { p.notice.error { "The console is off: admin.listen is not loopback and no admin token is set (set admin.token_env or admin.token_file)." } },
+        ),
+    )
+        .into_response()
+}
+
+/// A page without the navigation (login, refusals).
+fn page_bare(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · wxpush" }
+                link rel="stylesheet" href="/console.css";
+            }
+            body { main { (body) } }
+        }
+    }
+}
+
+/// A page with the navigation; `here` names the current section.
+fn page(title: &str, here: &str, csrf: &str, refresh: Option<u32>, body: Markup) -> Markup {
+    let nav = [
+        ("/", "Overview"),
+        ("/dead", "Dead letters"),
+        ("/events", "Events"),
+        ("/grants", "Grants"),
+    ];
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                @if let Some(s) = refresh { meta http-equiv="refresh" content=(s); }
+                title { (title) " · wxpush" }
+                link rel="stylesheet" href="/console.css";
+            }
+            body {
+                header {
+                    span.brand { "wxpush" }
+                    @for (href, label) in nav {
+                        a href=(href) class=[(label == here).then_some("here")] { (label) }
+                    }
+                    form method="post" action="/logout" {
+                        input type="hidden" name="csrf" value=(csrf);
+                        button.secondary type="submit" { "Log out" }
+                    }
+                }
+                main { h1 { (title) } (body) }
+            }
+        }
+    }
+}
+
+/// Percent-encodes a query value.
+fn enc(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn or_dash<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+fn age_text(seconds: Option<u64>) -> String {
+    seconds.map_or_else(
+        || "-".into(),
+        |s| humantime::format_duration(std::time::Duration::from_secs(s)).to_string(),
+    )
+}
+
+// ----- login -----
+
+async fn login_form(State(c): State<Arc<Console>>) -> Response {
+    if matches!(c.api.access, Access::Off) {
+        return off();
+    }
+    login_page(None).into_response()
+}
+
+fn login_page(problem: Option<&str>) -> Markup {
+    page_bare(
+        "Log in",
+        html! {
+            form.login method="post" action="/login" {
+                h1 { "wxpush console" }
+                @if let Some(p) = problem { p.notice.error { (p) } }
+                label for="password" { "Admin token" }
+                input #password type="password" name="password" autocomplete="current-password" autofocus;
+                button type="submit" { "Log in" }
+            }
+        },
+    )
+}
+
+async fn login(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<Pairs>,
+) -> Response {
+    if matches!(c.api.access, Access::Off) {
+        return off();
+    }
+    if !c
+        .api
+        .access
+        .password_ok(field(&form, "password").unwrap_or_default())
+    {
+        tracing::warn!("console login refused: wrong admin token");
+        return (
+            StatusCode::UNAUTHORIZED,
+            login_page(Some("Wrong admin token.")),
+        )
+            .into_response();
+    }
+    let id = c.api.sessions.open();
+    (
+        [(header::SET_COOKIE, auth::session_cookie(&id, &headers))],
+        Redirect::to("/"),
+    )
+        .into_response()
+}
+
+async fn logout(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<Pairs>,
+) -> Response {
+    if let Err(refused) = c.form_session(&headers, &form) {
+        return refused;
+    }
+    c.api.sessions.close(&headers);
+    (
+        [(header::SET_COOKIE, auth::cleared_cookie())],
+        Redirect::to("/login"),
+    )
+        .into_response()
+}
+
+// ----- overview -----
+
+async fn overview(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let csrf = match c.session(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let ctx = &c.api.ctx;
+    let (depths, apps) = tokio::join!(ops::queue_depths(ctx), ops::apps(ctx));
+    let r = c.rates.rates();
+    let health = &ctx.health;
+    let body = html! {
+        div.cards {
+            div.card { span.muted { "consumed /s" } b { (format!("{:.1}", r.consumed_per_s)) } }
+            div.card { span.muted { "sent /s" } b { (format!("{:.1}", r.sent_per_s)) } }
+            div.card { span.muted { "in flight" } b { (r.in_flight) } }
+            div.card { span.muted { "ready" } b class=(if health.ready() { "ok" } else { "bad" }) { (if health.ready() { "yes" } else { "no" }) } }
+        }
+        h2 { "Queues" }
+        div.wrap { table {
+            thead { tr { th { "queue" } th.hide-narrow { "name" } th.num { "ready" } } }
+            tbody { @for (label, queue, ready) in &depths {
+                tr {
+                    td { @if label == "dead letters" { a href="/dead" { (label) } } @else { (label) } }
+                    td.mono.hide-narrow { (queue) }
+                    td.num { (or_dash(*ready)) }
+                }
+            } }
+        } }
+        h2 { "Apps" }
+        div.wrap { table {
+            thead { tr { th { "app" } th.hide-narrow { "appid" } th { "token age" } th { "fingerprint" } th { "parked" } th { "why" } th.num { "grants known" } } }
+            tbody { @for a in &apps {
+                tr {
+                    td { (a.app) }
+                    td.mono.hide-narrow { (a.appid) }
+                    td { (age_text(a.token_age_seconds)) }
+                    td.mono { (or_dash(a.token_fingerprint.as_deref())) }
+                    td { @match &a.parked { Some(p) => span.bad { (p) " for " (age_text(a.parked_for_seconds)) }, None => span.ok { "no" } } }
+                    td { (or_dash(a.parked_why.as_deref())) }
+                    td.num { (or_dash(a.grants_known)) @if a.grants_capped { "+" } }
+                }
+            } }
+        } }
+    };
+    page("Overview", "Overview", &csrf, Some(10), body).into_response()
+}
+
+// ----- dead letters -----
+
+fn filter_fields(q: &DeadQuery) -> Markup {
+    let v = |o: &Option<String>| o.clone().unwrap_or_default();
+    html! {
+        label { "errcode" input type="text" name="errcode" value=(v(&q.errcode)) size="7"; }
+        label { "class" input type="text" name="class" value=(v(&q.class)) size="9"; }
+        label { "type" input type="text" name="type" value=(v(&q.kind)); }
+        label { "app" input type="text" name="app" value=(v(&q.app)) size="9"; }
+    }
+}
+
+fn filter_query(
+    errcode: Option<i64>,
+    class: Option<&str>,
+    app: Option<&str>,
+    kind: Option<&str>,
+) -> String {
+    format!(
+        "errcode={}&class={}&app={}&type={}",
+        errcode.map(|c| c.to_string()).unwrap_or_default(),
+        enc(class.unwrap_or_default()),
+        enc(app.unwrap_or_default()),
+        enc(kind.unwrap_or_default())
+    )
+}
+
+fn hidden_filter(q: &DeadQuery) -> Markup {
+    let v = |o: &Option<String>| o.clone().unwrap_or_default();
+    html! {
+        input type="hidden" name="errcode" value=(v(&q.errcode));
+        input type="hidden" name="class" value=(v(&q.class));
+        input type="hidden" name="type" value=(v(&q.kind));
+        input type="hidden" name="app" value=(v(&q.app));
+    }
+}
+
+async fn dead(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(q): Query<DeadQuery>,
+) -> Response {
+    let csrf = match c.session(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let (filter, limit) = match (q.filter(), q.limit()) {
+        (Ok(f), Ok(l)) => (f, l),
+        (Err(e), _) | (_, Err(e)) => {
+            return page(
+                "Dead letters",
+                "Dead letters",
+                &csrf,
+                None,
+                html! { p.notice.error { (e) } },
+            )
+            .into_response();
+        }
+    };
+    let view = match ops::dead(&c.api.ctx, &filter, limit.min(200)).await {
+        Ok(v) => v,
+        Err(e) => {
+            return page(
+                "Dead letters",
+                "Dead letters",
+                &csrf,
+                None,
+                html! { p.notice.error { "Cannot read the dead letters: " (format!("{e:#}")) } },
+            )
+            .into_response();
+        }
+    };
+    let now = OffsetDateTime::now_utc();
+    let body = html! {
+        form.inline method="get" action="/dead" {
+            (filter_fields(&q))
+            button type="submit" { "Filter" }
+            a href="/dead" { "clear" }
+        }
+        p.muted { (view.total) " matching of " (view.in_queue) " in the queue" }
+        h2 { "By cause" }
+        div.wrap { table #groups {
+            thead { tr { th { "class" } th { "errcode" } th { "app" } th { "type" } th.num { "count" } th.hide-narrow { "oldest" } th.hide-narrow { "newest" } } }
+            tbody { @for g in &view.groups {
+                tr {
+                    td { (or_dash(g.class.as_deref())) }
+                    td.errcode { a href={ "/dead?" (filter_query(g.errcode, g.class.as_deref(), g.app.as_deref(), g.kind.as_deref())) } { (or_dash(g.errcode)) } }
+                    td { (or_dash(g.app.as_deref())) }
+                    td { (or_dash(g.kind.as_deref())) }
+                    td.num { (g.count) }
+                    td.hide-narrow { (or_dash(g.oldest.as_deref())) }
+                    td.hide-narrow { (or_dash(g.newest.as_deref())) }
+                }
+            } }
+        } }
+        h2 { "Act on all " (view.total) " matching" }
+        form.inline method="post" action="/dead/act" {
+            input type="hidden" name="csrf" value=(csrf);
+            (hidden_filter(&q))
+            label { "at most" input type="number" name="limit" min="1" placeholder="all"; }
+            button #replay-filter type="submit" name="action" value="replay" { "Replay…" }
+            button.danger #purge-filter type="submit" name="action" value="purge" { "Purge…" }
+        }
+        h2 { "Letters" @if view.letters.len() < view.total as usize { " (first " (view.letters.len()) ")" } }
+        form method="post" action="/dead/act" {
+            input type="hidden" name="csrf" value=(csrf);
+            div.wrap { table #letters {
+                thead { tr { th {} th { "#" } th { "event id" } th { "type" } th { "app" } th { "class" } th { "errcode" } th.hide-narrow { "errmsg" } th.num { "attempts" } th { "age" } } }
+                tbody { @for l in &view.letters {
+                    tr {
+                        td { @if let Some(id) = &l.id { input type="checkbox" name="ids" value=(id); } }
+                        td.num { (l.position) }
+                        td.mono { a href={ "/dead/letter?id=" (enc(&l.id.clone().unwrap_or_else(|| format!("#{}", l.position)))) } { (l.id_label()) } }
+                        td { (or_dash(l.kind.as_deref())) }
+                        td { (or_dash(l.app.as_deref())) }
+                        td { (or_dash(l.class.as_deref())) }
+                        td { (or_dash(l.errcode)) }
+                        td.hide-narrow { (or_dash(l.errmsg.as_deref())) }
+                        td.num { (or_dash(l.attempts)) }
+                        td { (l.age(now).map_or_else(|| "-".into(), |a| age_text(Some(a.as_secs())))) }
+                    }
+                } }
+            } }
+            @if !view.letters.is_empty() {
+                button #replay-selected type="submit" name="action" value="replay" { "Replay selected…" }
+            }
+        }
+    };
+    page("Dead letters", "Dead letters", &csrf, None, body).into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct IdQuery {
+    id: Option<String>,
+}
+
+async fn letter(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(q): Query<IdQuery>,
+) -> Response {
+    let csrf = match c.session(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let id = q.id.unwrap_or_default();
+    let found = ops::show(&c.api.ctx, &id).await;
+    let now = OffsetDateTime::now_utc();
+    let body = match found {
+        Err(e) => html! { p.notice.error { "Cannot read the dead letters: " (format!("{e:#}")) } },
+        Ok(found) if found.is_empty() => {
+            html! { p.notice.error { "No dead letter with id " code { (id) } " (replayed or purged meanwhile?)." } }
+        }
+        Ok(found) => html! { @for r in &found {
+            @let l = &r.letter;
+            table {
+                tbody {
+                    tr { th { "position" } td { (l.position) } }
+                    tr { th { "event id" } td.mono { (l.id_label()) } }
+                    tr { th { "type" } td { (or_dash(l.kind.as_deref())) } }
+                    tr { th { "app" } td { (or_dash(l.app.as_deref())) } }
+                    tr { th { "class" } td { (or_dash(l.class.as_deref())) } }
+                    tr { th { "errcode" } td { (or_dash(l.errcode)) } }
+                    tr { th { "errmsg" } td { (or_dash(l.errmsg.as_deref())) } }
+                    tr { th { "attempts" } td { (or_dash(l.attempts)) } }
+                    tr { th { "first failed" } td { (or_dash(l.first_failed_at.as_deref())) } }
+                    tr { th { "dead since" } td { (or_dash(l.dead_at_raw.as_deref())) " (" (l.age(now).map_or_else(|| "-".into(), |a| age_text(Some(a.as_secs())))) ")" } }
+                    tr { th { "replayed before" } td { (l.replayed) } }
+                }
+            }
+            h2 { "Headers" }
+            pre #headers { (serde_json::to_string_pretty(&crate::dead_letters::view::table_json(&crate::broker::headers::of(&r.properties))).unwrap_or_default()) }
+            h2 { "Body (" (r.body.len()) " bytes)" }
+            pre #body { @match std::str::from_utf8(&r.body) {
+                Ok(text) => (pretty_json(text)),
+                Err(_) => (r.body.escape_ascii().to_string()),
+            } }
+            @if let Some(id) = &l.id {
+                form.inline method="post" action="/dead/act" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    input type="hidden" name="ids" value=(id);
+                    button type="submit" name="action" value="replay" { "Replay this letter…" }
+                    button.danger type="submit" name="action" value="purge" { "Purge…" }
+                }
+            }
+        } },
+    };
+    page("Dead letter", "Dead letters", &csrf, None, body).into_response()
+}
+
+fn pretty_json(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| text.to_owned())
+}
+
+/// The filter a form carries: the four criteria, or selected ids.
+fn form_filter(form: &Pairs) -> Result<(Filter, Option<u64>), String> {
+    let one = |name: &str| field(form, name).map(str::to_owned);
+    let query = DeadQuery {
+        errcode: one("errcode"),
+        class: one("class"),
+        kind: one("type"),
+        app: one("app"),
+        id: None,
+        limit: None,
+    };
+    let mut filter = query.filter()?;
+    filter.ids = form
+        .iter()
+        .filter(|(k, v)| k == "ids" && !v.is_empty())
+        .map(|(_, v)| v.clone())
+        .collect();
+    let limit = match field(form, "limit")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        None => None,
+        Some(l) => Some(
+            l.parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("\"at most\" must be a count of 1 or more, not `{l}`"))?,
+        ),
+    };
+    Ok((filter, limit))
+}
+
+fn describe(filter: &Filter) -> String {
+    let mut parts = Vec::new();
+    if !filter.errcodes.is_empty() {
+        parts.push(format!("errcode {:?}", filter.errcodes));
+    }
+    for (name, values) in [
+        ("class", &filter.classes),
+        ("type", &filter.types),
+        ("app", &filter.apps),
+    ] {
+        if !values.is_empty() {
+            parts.push(format!("{name} {}", values.join(", ")));
+        }
+    }
+    if !filter.ids.is_empty() {
+        parts.push(format!("{} selected event id(s)", filter.ids.len()));
+    }
+    if parts.is_empty() {
+        "every dead letter".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// Replay or purge: `step=count` (the default) shows the dry-run count and asks; `step=run`
+/// starts the job and goes to its page.
+async fn act(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<Pairs>,
+) -> Response {
+    let csrf = match c.form_session(&headers, &form) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let action = match field(&form, "action") {
+        Some("purge") => Action::Purge,
+        _ => Action::Replay,
+    };
+    let verb = if action == Action::Purge {
+        "Purge"
+    } else {
+        "Replay"
+    };
+    let (filter, limit) = match form_filter(&form) {
+        Ok(f) => f,
+        Err(e) => {
+            return page(
+                verb,
+                "Dead letters",
+                &csrf,
+                None,
+                html! { p.notice.error { (e) } },
+            )
+            .into_response();
+        }
+    };
+    if field(&form, "step") == Some("run") {
+        if action == Action::Purge && field(&form, "confirm") != Some("yes") {
+            return page(
+                verb,
+                "Dead letters",
+                &csrf,
+                None,
+                html! { p.notice.error { "Tick the confirmation box to purge." } },
+            )
+            .into_response();
+        }
+        let job = c.api.jobs.start(c.api.ctx.clone(), filter, action, limit);
+        return Redirect::to(&format!("/jobs/{}", job.id)).into_response();
+    }
+    // The dry run: count what the filter selects now.
+    let count = c
+        .api
+        .jobs
+        .start(c.api.ctx.clone(), filter.clone(), Action::Count, limit);
+    count.wait().await;
+    let t = count.tally();
+    let body = html! {
+        @if let Some(e) = count.error() { p.notice.error { "The count failed: " (e) } }
+        p #dry-run { "Dry run: " strong #matched { (t.done) } " dead letter(s) of " (t.total) " match " (describe(&filter))
+            @if let Some(l) = limit { " (at most " (l) ")" } "." }
+        @if t.done > 0 {
+            form.inline method="post" action="/dead/act" {
+                input type="hidden" name="csrf" value=(csrf);
+                input type="hidden" name="action" value=(if action == Action::Purge { "purge" } else { "replay" });
+                input type="hidden" name="step" value="run";
+                @for (k, v) in form.iter().filter(|(k, _)| matches!(k.as_str(), "errcode" | "class" | "type" | "app" | "ids" | "limit")) {
+                    input type="hidden" name=(k) value=(v);
+                }
+                @if action == Action::Purge {
+                    label { input type="checkbox" name="confirm" value="yes"; " drop them for good" }
+                    button.danger #run type="submit" { "Purge " (t.done) " letter(s)" }
+                } @else {
+                    button #run type="submit" { "Replay " (t.done) " letter(s) to the events queue" }
+                }
+            }
+        }
+        p { a href="/dead" { "Back to the dead letters" } }
+    };
+    page(
+        &format!("{verb}: dry run"),
+        "Dead letters",
+        &csrf,
+        None,
+        body,
+    )
+    .into_response()
+}
+
+async fn job(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let csrf = match c.session(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Some(job) = c.api.jobs.get(&id) else {
+        return page(
+            "Job",
+            "Dead letters",
+            &csrf,
+            None,
+            html! { p.notice.error { "No job " (id) " in this process." } },
+        )
+        .into_response();
+    };
+    let t = job.tally();
+    let state = job.state();
+    let running = state == "running";
+    let done_word = match job.action {
+        Action::Replay => "replayed",
+        Action::Purge => "purged",
+        Action::Count => "counted",
+    };
+    let body = html! {
+        p { "Filter: " (describe(&job.filter)) @if let Some(l) = job.limit { "; at most " (l) } }
+        p #state { "State: " strong class=(match state { "done" => "ok", "failed" => "bad", _ => "warn" }) { (state) } }
+        progress max=(t.total.max(1)) value=(t.scanned) {}
+        table { tbody {
+            tr { th { "in the queue at start" } td.num { (t.total) } }
+            tr { th { "scanned" } td.num { (t.scanned) } }
+            tr { th { "matched" } td.num { (t.matched) } }
+            tr { th { (done_word) } td.num #done { (t.done) } }
+            @if t.unroutable > 0 { tr { th { "unroutable (kept)" } td.num.bad { (t.unroutable) } } }
+        } }
+        @if let Some(e) = job.error() { p.notice.error { (e) } }
+        @if running {
+            form method="post" action={ "/jobs/" (job.id) "/cancel" } {
+                input type="hidden" name="csrf" value=(csrf);
+                button.secondary type="submit" { "Cancel" }
+            }
+        } @else {
+            p { a href="/dead" { "Back to the dead letters" } }
+        }
+    };
+    let verb = match job.action {
+        Action::Replay => "Replay",
+        Action::Purge => "Purge",
+        Action::Count => "Count",
+    };
+    page(
+        &format!("{verb} job {}", job.id),
+        "Dead letters",
+        &csrf,
+        running.then_some(1),
+        body,
+    )
+    .into_response()
+}
+
+async fn cancel(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<Pairs>,
+) -> Response {
+    if let Err(r) = c.form_session(&headers, &form) {
+        return r;
+    }
+    if let Some(job) = c.api.jobs.get(&id) {
+        job.cancel.cancel();
+    }
+    Redirect::to(&format!("/jobs/{id}")).into_response()
+}
+
+// ----- events and grants -----
+
+async fn event(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(q): Query<IdQuery>,
+) -> Response {
+    let csrf = match c.session(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let id = q.id.unwrap_or_default().trim().to_owned();
+    let record = if id.is_empty() {
+        None
+    } else {
+        let (redis, keys) = (&c.api.ctx.hot_path, &c.api.ctx.keys);
+        Some(
+            redis
+                .run("event record", async |conn| {
+                    event_record::trace(conn, keys, &id).await
+                })
+                .await,
+        )
+    };
+    let body = html! {
+        form.inline method="get" action="/events" {
+            label { "event id" input #event-id type="text" name="id" value=(id) size="40"; }
+            button #lookup type="submit" { "Look up" }
+        }
+        @match record {
+            None => {},
+            Some(Err(e)) => p.notice.error { "Redis is unavailable: " (e) },
+            Some(Ok(None)) => p.notice.error { "No delivery record for " code { (id) } " (never received, or older than policy.idempotency_ttl)." },
+            Some(Ok(Some(record))) => {
+                @let v = serde_json::to_value(&record).unwrap_or_default();
+                @if let serde_json::Value::Object(fields) = &v {
+                    table #record { tbody { @for (k, v) in fields {
+                        @if !matches!(v, serde_json::Value::Array(_) | serde_json::Value::Object(_)) {
+                            tr { th { (k.strip_suffix("_ms").unwrap_or(k)) } td.mono { (record_cell(k, v)) } }
+                        }
+                    } } }
+                }
+                h2 { "Record" }
+                pre #record-json { (serde_json::to_string_pretty(&v).unwrap_or_default()) }
+            },
+        }
+    };
+    page("Event lookup", "Events", &csrf, None, body).into_response()
+}
+
+/// A delivery record's value as text: `*_ms` times as RFC 3339.
+fn record_cell(key: &str, value: &serde_json::Value) -> String {
+    use time::format_description::well_known::Rfc3339;
+    match value {
+        serde_json::Value::Number(n) if key.ends_with("_ms") => n
+            .as_u64()
+            .and_then(|ms| {
+                OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+            })
+            .and_then(|t| t.format(&Rfc3339).ok())
+            .unwrap_or_else(|| n.to_string()),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct GrantQuery {
+    openid: Option<String>,
+    app: Option<String>,
+}
+
+async fn grants(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(q): Query<GrantQuery>,
+) -> Response {
+    let csrf = match c.session(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let openid = q.openid.unwrap_or_default().trim().to_owned();
+    let app = q.app.filter(|a| !a.trim().is_empty());
+    let rows = if openid.is_empty() {
+        None
+    } else {
+        Some(ops::user_grants(&c.api.ctx, &openid, app.as_deref()).await)
+    };
+    let apps: Vec<String> = c.api.ctx.tokens.apps().map(str::to_owned).collect();
+    let body = html! {
+        form.inline method="get" action="/grants" {
+            label { "openid" input type="text" name="openid" value=(openid) size="32"; }
+            label { "app" select name="app" {
+                option value="" { "all" }
+                @for a in &apps { option value=(a) selected[app.as_deref() == Some(a.as_str())] { (a) } }
+            } }
+            button type="submit" { "Show grants" }
+        }
+        @match rows {
+            None => {},
+            Some(Err(e)) => p.notice.error { (format!("{e:#}")) },
+            Some(Ok(rows)) if rows.is_empty() => p { "No grants recorded for " code { (openid) } " (the ledger knows only what WeChat pushed since wxpush listened)." },
+            Some(Ok(rows)) => div.wrap { table {
+                thead { tr { th { "app" } th { "template" } th { "kind" } th.num { "grants" } th { "last choice" } } }
+                tbody { @for (app, r) in &rows {
+                    tr {
+                        td { (app) }
+                        td.mono { (r.template_id) }
+                        td { (r.kind.map_or("-", |k| k.label())) }
+                        td.num { (r.count) }
+                        td { (or_dash(r.choice.as_deref())) }
+                    }
+                } }
+            } },
+        }
+    };
+    page("Grants", "Grants", &csrf, None, body).into_response()
+}

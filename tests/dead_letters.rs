@@ -1,0 +1,314 @@
+//! `dead_letters::run`, the replay shared by the CLI, the API and the console, against the
+//! real RabbitMQ: its connection force-closed mid-replay (nothing lost; at most the batch in
+//! flight in both queues, and the worker still sends each event once), two replays of the
+//! same filter at once (no letter replayed twice), and (ignored: a measurement) its rate.
+//!
+//! The forced close uses `rabbitmqctl close_connection` on this replay's own connection
+//! only: the shared broker keeps running for everyone else.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio_util::sync::CancellationToken;
+use wxpush::dead_letters::{self, Action, Filter, Order, Progress, Queues};
+
+fn queues(app: &TestApp, window: usize) -> Queues {
+    Queues {
+        window,
+        ..Queues::of(&app.config.amqp)
+    }
+}
+
+fn replay_all() -> Order {
+    Order {
+        filter: Filter::default(),
+        action: Action::Replay,
+        limit: None,
+    }
+}
+
+/// The broker's pid of the connection with this name (`rabbitmqctl list_connections`).
+fn connection_pid(name: &str) -> Option<String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "pid",
+            "name",
+            "client_properties",
+        ])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.contains(name))
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+}
+
+#[tokio::test]
+async fn a_forced_close_mid_replay_loses_nothing_and_sends_each_event_once() {
+    const N: usize = 3000;
+    let app = TestApp::start("dl-close").await;
+    let letters = mixed_dead_letters(&app.prefix, N);
+    app.fill_mixed(&letters).await;
+    let name = format!("replay-close {}", app.prefix);
+    let connection = wxpush::broker::connect(AMQP_URL, &name).await.unwrap();
+    let pid = eventually(
+        "the replay's connection listed",
+        Duration::from_secs(30),
+        || async { connection_pid(&name) },
+    )
+    .await;
+
+    // Small batches so that the close lands mid-way.
+    const WINDOW: usize = 4;
+    let progress = Arc::new(Progress::default());
+    let run = tokio::spawn({
+        let (progress, queues) = (progress.clone(), queues(&app, WINDOW));
+        async move {
+            let cancel = CancellationToken::new();
+            let result = dead_letters::run(
+                &connection,
+                &queues,
+                &replay_all(),
+                &progress,
+                &cancel,
+                |_| {},
+            )
+            .await;
+            drop(connection);
+            result
+        }
+    });
+    eventually("the replay under way", Duration::from_secs(30), || async {
+        (progress.snapshot().done >= 100).then_some(())
+    })
+    .await;
+    let closed = std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", &pid, "test: forced close mid-replay"])
+        .status()
+        .expect("rabbitmqctl runs");
+    assert!(closed.success());
+    let result = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the replay ends after its connection closed")
+        .unwrap();
+    let done = progress.snapshot().done as usize;
+    eprintln!("replayed {done} of {N} before the forced close: {result:?}");
+    assert!(result.is_err(), "a closed connection is an error");
+    assert!(done < N, "closed mid-way");
+
+    // Nothing lost: every id is in one of the queues; only letters confirmed but not yet
+    // acked when the connection went (at most one batch) can be in both.
+    let events = app.config.amqp.queue.clone();
+    let in_events = app.queue_len(&events).await as usize;
+    let in_dead = app.dead_len().await as usize;
+    let replayed: Vec<String> = app
+        .drain_exactly(&events, in_events)
+        .await
+        .iter()
+        .map(|d| body_id(&d.data).unwrap())
+        .collect();
+    let dead = app.drain_dead_ids(in_dead).await;
+    let replayed_set: BTreeSet<&String> = replayed.iter().collect();
+    let dead_set: BTreeSet<&String> = dead.iter().collect();
+    assert_eq!(
+        replayed_set.len(),
+        replayed.len(),
+        "no id twice in the events queue"
+    );
+    assert_eq!(
+        dead_set.len(),
+        dead.len(),
+        "no id twice in the dead-letter queue"
+    );
+    let all: BTreeSet<&String> = replayed_set.union(&dead_set).copied().collect();
+    let ids: BTreeSet<&String> = letters.iter().map(|l| &l.id).collect();
+    assert_eq!(all, ids, "nothing lost");
+    let both = replayed_set.intersection(&dead_set).count();
+    eprintln!("{both} letter(s) in both queues (confirmed, ack lost with the connection)");
+    assert!(both <= WINDOW, "{both} in both queues: more than one batch");
+    assert!(
+        replayed.len() >= done,
+        "every counted replay is in the events queue"
+    );
+
+    // Put them all back and replay again, then let a worker deliver: each event once.
+    let again: Vec<_> = letters
+        .iter()
+        .map(|l| (l.body.clone(), l.properties.clone()))
+        .collect();
+    app.fill_dead(&again).await;
+    let connection = wxpush::broker::connect(AMQP_URL, "replay-close again")
+        .await
+        .unwrap();
+    let tally = dead_letters::run(
+        &connection,
+        &queues(&app, 256),
+        &replay_all(),
+        &Progress::default(),
+        &CancellationToken::new(),
+        |_| {},
+    )
+    .await
+    .expect("the second replay runs");
+    let _ = connection.close(200, "done".into()).await;
+    assert_eq!(tally.done as usize, N);
+    let worker = app.worker().await;
+    let sends = app.sent(N).await;
+    assert_each_sent_once(&sends, N);
+    worker.shutdown().await.unwrap();
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn two_replays_of_the_same_filter_take_each_letter_once() {
+    const N: usize = 4000;
+    let app = TestApp::start("dl-twice").await;
+    let letters = mixed_dead_letters(&app.prefix, N);
+    app.fill_mixed(&letters).await;
+    let order = Order {
+        filter: Filter {
+            errcodes: vec![-1],
+            ..Filter::default()
+        },
+        action: Action::Replay,
+        limit: None,
+    };
+    let one = |name: &'static str| {
+        let (order, queues) = (order.clone(), queues(&app, 64));
+        async move {
+            let connection = wxpush::broker::connect(AMQP_URL, name).await.unwrap();
+            let tally = dead_letters::run(
+                &connection,
+                &queues,
+                &order,
+                &Progress::default(),
+                &CancellationToken::new(),
+                |_| {},
+            )
+            .await;
+            let _ = connection.close(200, "done".into()).await;
+            tally.expect("replay runs")
+        }
+    };
+    let (a, b) = tokio::join!(one("replay twice a"), one("replay twice b"));
+    eprintln!("replay a moved {}, replay b moved {}", a.done, b.done);
+    let expected: Vec<&MixedDead> = letters.iter().filter(|l| l.errcode == -1).collect();
+    assert_eq!(
+        (a.done + b.done) as usize,
+        expected.len(),
+        "together they moved each matching letter once"
+    );
+    let events = app.config.amqp.queue.clone();
+    let replayed: Vec<String> = app
+        .drain_exactly(&events, expected.len())
+        .await
+        .iter()
+        .map(|d| body_id(&d.data).unwrap())
+        .collect();
+    let distinct: BTreeSet<&String> = replayed.iter().collect();
+    assert_eq!(distinct.len(), expected.len(), "no letter replayed twice");
+    let wanted: BTreeSet<&String> = expected.iter().map(|l| &l.id).collect();
+    assert_eq!(distinct, wanted);
+    // The rest is still dead, in its order.
+    let rest: Vec<String> = letters
+        .iter()
+        .filter(|l| l.errcode != -1)
+        .map(|l| l.id.clone())
+        .collect();
+    assert_eq!(app.drain_dead_ids(rest.len()).await, rest);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_purge_drops_only_the_selected_letters() {
+    const N: usize = 200;
+    let app = TestApp::start("dl-purge").await;
+    let letters = mixed_dead_letters(&app.prefix, N);
+    app.fill_mixed(&letters).await;
+    let connection = wxpush::broker::connect(AMQP_URL, "purge test")
+        .await
+        .unwrap();
+    let order = Order {
+        filter: Filter {
+            errcodes: vec![47003],
+            ..Filter::default()
+        },
+        action: Action::Purge,
+        limit: Some(10),
+    };
+    let tally = dead_letters::run(
+        &connection,
+        &queues(&app, 64),
+        &order,
+        &Progress::default(),
+        &CancellationToken::new(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let _ = connection.close(200, "done".into()).await;
+    assert_eq!(tally.done, 10);
+    let purged: Vec<&String> = letters
+        .iter()
+        .filter(|l| l.errcode == 47003)
+        .take(10)
+        .map(|l| &l.id)
+        .collect();
+    let rest: Vec<String> = letters
+        .iter()
+        .filter(|l| !purged.contains(&&l.id))
+        .map(|l| l.id.clone())
+        .collect();
+    assert_eq!(app.pending().await, 0, "nothing republished");
+    assert_eq!(app.drain_dead_ids(N - 10).await, rest, "the rest in order");
+    app.cleanup().await;
+}
+
+/// The replay rate on this machine: `cargo test --release --test dead_letters -- --ignored
+/// --nocapture replay_rate` (see docs/benchmarks.md).
+#[tokio::test]
+#[ignore = "a measurement"]
+async fn replay_rate() {
+    const N: usize = 20_000;
+    let app = TestApp::start("dl-rate").await;
+    let letters = mixed_dead_letters(&app.prefix, N);
+    app.fill_mixed(&letters).await;
+    let connection = wxpush::broker::connect(AMQP_URL, "replay rate")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let tally = dead_letters::run(
+        &connection,
+        &Queues::of(&app.config.amqp),
+        &replay_all(),
+        &Progress::default(),
+        &CancellationToken::new(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    let _ = connection.close(200, "done".into()).await;
+    assert_eq!(tally.done as usize, N);
+    eprintln!(
+        "replayed {N} dead letters in {:.2} s: {:.0} letters/s (window {})",
+        took.as_secs_f64(),
+        N as f64 / took.as_secs_f64(),
+        dead_letters::DEFAULT_WINDOW
+    );
+    let events = app.config.amqp.queue.clone();
+    eventually(
+        "all in the events queue",
+        Duration::from_secs(30),
+        || async { (app.queue_len(&events).await as usize == N).then_some(()) },
+    )
+    .await;
+    app.cleanup().await;
+}
