@@ -19,6 +19,7 @@
 set -euo pipefail
 
 BASE=${WXPUSH_CLUSTERS_DIR:-/tmp/wxpush-clusters}
+SELF="$(cd "$(dirname "$0")" && pwd)/clusters.sh"
 CLUSTER_PORTS=(7000 7001 7002 7003 7004 7005)
 PRIMARY_PORT=6380
 REPLICA_PORT=6381
@@ -207,7 +208,7 @@ print_env() {
     echo "export WXPUSH_TEST_REDIS_SENTINEL='${sentinels[*]}'"
     echo "export WXPUSH_TEST_REDIS_SENTINEL_MASTER='$MASTER_NAME'"
     echo "export WXPUSH_TEST_AMQP_CLUSTER='${amqp[*]}'"
-    echo "export WXPUSH_TEST_CLUSTERS_SCRIPT='$(cd "$(dirname "$0")" && pwd)/clusters.sh'"
+    echo "export WXPUSH_TEST_CLUSTERS_SCRIPT='$SELF'"
 }
 
 status() {
@@ -239,6 +240,9 @@ case "${1:-}" in
 start)
     command -v redis-server >/dev/null || die "redis-server is not installed"
     mkdir -p "$BASE"
+    # The servers keep the directory they start in: not a checkout that may be deleted
+    # (an Erlang node whose cwd is gone cannot even stop its app).
+    cd "$BASE"
     began=$(date +%s.%N)
     # RabbitMQ boots slowest: in the background, while Redis starts.
     start_rabbit >"$BASE/rabbit-start.log" 2>&1 &
