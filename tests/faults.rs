@@ -445,11 +445,17 @@ impl Fleet {
                 s + d.len() > 0,
                 "[{name}] event {id} was lost: neither sent nor dead-lettered"
             );
+            // Copies of one dead letter (same reason) are the bound docs/reliability.md §1
+            // states for a kill between a dead letter's confirm and its Redis record;
+            // different reasons would be a second decision.
             assert!(
-                d.len() <= 1,
-                "[{name}] event {id} dead-lettered {} times: {d:?}",
-                d.len()
+                d.iter()
+                    .all(|l| l.class == d[0].class && l.errcode == d[0].errcode),
+                "[{name}] event {id} dead-lettered for different reasons: {d:?}"
             );
+            if d.len() > 1 {
+                eprintln!("[{name}] event {id}: {} copies of one dead letter", d.len());
+            }
             if let Some(letter) = d.first() {
                 let class = letter.class.clone().unwrap_or_default();
                 assert!(
