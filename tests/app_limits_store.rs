@@ -39,7 +39,9 @@ async fn a_quota_hold_waits_for_the_next_probe_but_never_past_china_midnight() {
     let k = key("quota");
     let wait = app_hold::hold(&mut c, &k, HoldReason::Quota, PROBE_EVERY)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("held")
+        .wait;
     let midnight = until_china_midnight(&mut c).await;
     let expected = PROBE_EVERY.min(midnight);
     assert!(
@@ -54,7 +56,9 @@ async fn a_quota_hold_waits_for_the_next_probe_but_never_past_china_midnight() {
     let long = Duration::from_secs(10 * 86_400);
     let wait = app_hold::hold(&mut c, &k2, HoldReason::Quota, long)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("held")
+        .wait;
     let midnight = until_china_midnight(&mut c).await;
     assert!(
         wait <= midnight + Duration::from_secs(1) && wait + Duration::from_secs(1) >= midnight,
@@ -106,7 +110,9 @@ async fn a_minute_hold_ends_at_the_next_minute_and_never_replaces_a_quota_hold()
     let k = key("minute");
     let wait = app_hold::hold(&mut c, &k, HoldReason::Minute, PROBE_EVERY)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("held")
+        .wait;
     assert!(wait <= Duration::from_secs(60));
     let (secs, _): (u64, u64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
     let pttl: i64 = c.pttl(&k).await.unwrap();

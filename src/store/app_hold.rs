@@ -70,31 +70,36 @@ local day, china = 86400000, 28800000
 local midnight = (math.floor((now + china) / day) + 1) * day - china
 ";
 
-/// KEYS[1] hold; ARGV[1] reason, ARGV[2] probe_every ms. Returns the wait until the next
-/// probe (quota reasons) or until the hold ends (minute).
+/// KEYS[1] hold; ARGV[1] reason, ARGV[2] probe_every ms. Returns the hold as it now is,
+/// `{reason, wait_ms, age_ms}` like [`READ`]: the wait until the next probe (quota reasons)
+/// or until the hold ends (minute).
 static HOLD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{NOW_AND_MIDNIGHT}
 local current = redis.call('HGET', KEYS[1], 'reason')
+local function as_is(wait)
+  local since = tonumber(redis.call('HGET', KEYS[1], 'since_ms') or now)
+  return {{redis.call('HGET', KEYS[1], 'reason'), math.max(0, wait), math.max(0, now - since)}}
+end
 if ARGV[1] == 'minute' then
   if current and current ~= 'minute' then
-    return math.max(0, tonumber(redis.call('HGET', KEYS[1], 'next_probe_ms')) - now)
+    return as_is(tonumber(redis.call('HGET', KEYS[1], 'next_probe_ms')) - now)
   end
   local next_minute = (math.floor(now / 60000) + 1) * 60000
   if not current then
     redis.call('HSET', KEYS[1], 'reason', 'minute', 'since_ms', string.format('%.0f', now))
   end
   redis.call('PEXPIREAT', KEYS[1], string.format('%.0f', next_minute))
-  return next_minute - now
+  return as_is(next_minute - now)
 end
 if current == ARGV[1] then
-  return math.max(0, tonumber(redis.call('HGET', KEYS[1], 'next_probe_ms')) - now)
+  return as_is(tonumber(redis.call('HGET', KEYS[1], 'next_probe_ms')) - now)
 end
 local next_probe = math.min(now + tonumber(ARGV[2]), midnight)
 redis.call('HSET', KEYS[1], 'reason', ARGV[1], 'since_ms', string.format('%.0f', now),
   'next_probe_ms', string.format('%.0f', next_probe))
 redis.call('PEXPIRE', KEYS[1], 90000000)
-return next_probe - now"
+return as_is(next_probe - now)"
     ))
 });
 
@@ -140,21 +145,22 @@ fn ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Holds the app's sends for `reason` (an existing quota hold stays as it is); returns how
-/// long until the next probe or the hold's end.
+/// Holds the app's sends for `reason` (an existing quota hold stays as it is); returns the
+/// hold as it now is (its `wait`: until the next probe or the hold's end), in the same
+/// round trip.
 pub async fn hold(
     conn: &mut impl redis::aio::ConnectionLike,
     key: &str,
     reason: HoldReason,
     probe_every: Duration,
-) -> redis::RedisResult<Duration> {
-    let wait: u64 = HOLD
+) -> redis::RedisResult<Option<Hold>> {
+    let found: Option<(String, u64, u64)> = HOLD
         .key(key)
         .arg(reason.as_str())
         .arg(ms(probe_every))
         .invoke_async(conn)
         .await?;
-    Ok(Duration::from_millis(wait))
+    Ok(found.and_then(as_hold))
 }
 
 /// The app's hold, if any.
@@ -163,13 +169,16 @@ pub async fn read(
     key: &str,
 ) -> redis::RedisResult<Option<Hold>> {
     let found: Option<(String, u64, u64)> = READ.key(key).invoke_async(conn).await?;
-    Ok(found.and_then(|(reason, wait, age)| {
-        Some(Hold {
-            reason: HoldReason::parse(&reason)?,
-            wait: Duration::from_millis(wait),
-            age: Duration::from_millis(age),
-        })
-    }))
+    Ok(found.and_then(as_hold))
+}
+
+/// A script's `{reason, wait_ms, age_ms}`.
+fn as_hold((reason, wait, age): (String, u64, u64)) -> Option<Hold> {
+    Some(Hold {
+        reason: HoldReason::parse(&reason)?,
+        wait: Duration::from_millis(wait),
+        age: Duration::from_millis(age),
+    })
 }
 
 /// Takes the quota probe if it is due (at most one worker gets it).

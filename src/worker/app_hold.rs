@@ -110,16 +110,14 @@ impl AppHolds {
         reason: HoldReason,
     ) -> Result<Duration, StoreError> {
         let key = self.keys.app_hold(app);
-        let wait = redis
+        let hold = redis
             .run("hold", async |conn| {
                 app_hold::hold(conn, &key, reason, self.probe_every).await
             })
             .await?;
-        let hold = redis
-            .run("hold read", async |conn| app_hold::read(conn, &key).await)
-            .await?;
-        self.learn(app, hold);
-        Ok(wait)
+        Ok(self.learn(app, hold).map_or(Duration::ZERO, |known| {
+            known.until.saturating_duration_since(Instant::now())
+        }))
     }
 
     /// A call of `app` succeeded: if its sends were held for a quota, the quota is back.
