@@ -11,7 +11,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -34,31 +33,6 @@ async fn rabbitmqctl(args: &[&str]) -> String {
         .expect("rabbitmqctl runs");
     assert!(out.status.success(), "rabbitmqctl {args:?}: {out:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Sets `[section] key = value` in a config table.
-fn set(table: &mut toml::Table, section: &str, key: &str, value: impl Into<toml::Value>) {
-    table
-        .entry(section)
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-        .as_table_mut()
-        .expect("a config section is a table")
-        .insert(key.to_owned(), value.into());
-}
-
-/// The app's config text with `tweak` applied, written to a file for the binary (keep the
-/// directory until the binary is done with it).
-fn config_file(
-    app: &TestApp,
-    tweak: impl FnOnce(&mut toml::Table),
-) -> (tempfile::TempDir, PathBuf) {
-    let mut table: toml::Table = toml::from_str(&config_text(&app.prefix, &app.mock.base_url()))
-        .expect("the test config is TOML");
-    tweak(&mut table);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("wxpush.toml");
-    std::fs::write(&path, toml::to_string(&table).expect("config serializes")).unwrap();
-    (dir, path)
 }
 
 /// Runs `wxpush ARGS` with this config file.
@@ -242,9 +216,10 @@ async fn publish_names_the_events_that_were_returned() {
         c.amqp.bindings = vec!["order.paid".into()];
     })
     .await;
-    let (_dir, path) = config_file(&app, |t| {
-        set(t, "amqp", "bindings", vec!["order.paid"]);
+    let config = app.config_file_with(|t| {
+        set_toml(t, "amqp", "bindings", vec!["order.paid"]);
     });
+    let path = config.path().to_path_buf();
     let mut lines = Vec::new();
     let mut unbound = BTreeSet::new();
     for i in 0..300 {
@@ -317,7 +292,8 @@ async fn quorum_dead_letters_survive_25_listings() {
         major >= 4,
         "RabbitMQ {version}"
     );
-    let (_dir, path) = config_file(&app, |t| set(t, "amqp", "queue_type", "quorum"));
+    let config = app.config_file_with(|t| set_toml(t, "amqp", "queue_type", "quorum"));
+    let path = config.path().to_path_buf();
     let letters = mixed_dead_letters(&app.prefix, 10);
     app.fill_mixed(&letters).await;
     for round in 0..25 {
@@ -544,12 +520,13 @@ async fn a_memory_alarm_blocks_no_acks_and_sigterm_still_exits() {
     app.mock
         .set_fault_rate(FaultTarget::Send, Some(Fault::Errcode(-1)), 0.2);
     let grace = Duration::from_secs(5);
-    let (_dir, path) = config_file(&app, |t| {
-        set(t, "policy", "on_ambiguous", "dead_letter");
-        set(t, "policy", "unsafe_redis", true); // the test Redis keeps nothing on disk
-        set(t, "amqp", "confirm_timeout", "3s");
-        set(t, "worker", "shutdown_grace", "5s");
+    let config = app.config_file_with(|t| {
+        set_toml(t, "policy", "on_ambiguous", "dead_letter");
+        set_toml(t, "policy", "unsafe_redis", true); // the test Redis keeps nothing on disk
+        set_toml(t, "amqp", "confirm_timeout", "3s");
+        set_toml(t, "worker", "shutdown_grace", "5s");
     });
+    let path = config.path().to_path_buf();
     let n = 4000;
     let (ids, events) = traced_events(&app.prefix, n);
     let t0 = Instant::now();
@@ -688,9 +665,10 @@ async fn replay_reaches_only_the_events_queue() {
         c.amqp.bindings = vec!["order.paid".into()];
     })
     .await;
-    let (_dir, path) = config_file(&app, |t| {
-        set(t, "amqp", "bindings", vec!["order.paid"]);
+    let config = app.config_file_with(|t| {
+        set_toml(t, "amqp", "bindings", vec!["order.paid"]);
     });
+    let path = config.path().to_path_buf();
     let foreign = format!("{}.foreign", app.prefix);
     let channel = app.connection.create_channel().await.unwrap();
     channel

@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -18,30 +17,6 @@ fn latency(d: Duration) -> MockOptions {
         latency: d,
         ..MockOptions::default()
     }
-}
-
-/// The app's config file for a worker process, with `extra` TOML lines merged in.
-fn config_file(app: &TestApp, tweak: impl FnOnce(&mut toml::Table)) -> tempfile::NamedTempFile {
-    let mut table: toml::Table =
-        toml::from_str(&config_text(&app.prefix, &app.mock.base_url())).unwrap();
-    tweak(&mut table);
-    let mut file = tempfile::Builder::new()
-        .prefix(&app.prefix)
-        .suffix(".toml")
-        .tempfile()
-        .unwrap();
-    file.write_all(toml::to_string(&table).unwrap().as_bytes())
-        .unwrap();
-    file
-}
-
-fn set(table: &mut toml::Table, section: &str, key: &str, value: impl Into<toml::Value>) {
-    table
-        .entry(section)
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-        .as_table_mut()
-        .unwrap()
-        .insert(key.into(), value.into());
 }
 
 /// Accepted sends per event id (`order_no` is `A<n>`, the user is `n`: one per event).
@@ -66,10 +41,10 @@ async fn a_killed_workers_in_flight_events_are_decided_within_seconds() {
         c.policy.unsafe_redis = true; // the test Redis keeps nothing on disk
     })
     .await;
-    let file = config_file(&app, |t| {
-        set(t, "amqp", "prefetch", 256);
-        set(t, "policy", "on_ambiguous", "dead_letter");
-        set(t, "policy", "unsafe_redis", true);
+    let file = app.config_file_with(|t| {
+        set_toml(t, "amqp", "prefetch", 256);
+        set_toml(t, "policy", "on_ambiguous", "dead_letter");
+        set_toml(t, "policy", "unsafe_redis", true);
     });
     let doomed = WorkerProcess::start(file.path(), &[]);
     let n = 256;
@@ -125,9 +100,9 @@ async fn redis_losing_everything_after_a_kill_sends_nothing_twice() {
         c.policy.unsafe_redis = true; // the test Redis keeps nothing on disk
     })
     .await;
-    let file = config_file(&app, |t| {
-        set(t, "policy", "on_ambiguous", "dead_letter");
-        set(t, "policy", "unsafe_redis", true);
+    let file = app.config_file_with(|t| {
+        set_toml(t, "policy", "on_ambiguous", "dead_letter");
+        set_toml(t, "policy", "unsafe_redis", true);
     });
     let doomed = WorkerProcess::start(file.path(), &[]);
     let n = 300;

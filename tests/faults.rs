@@ -75,16 +75,6 @@ impl Policy {
     }
 }
 
-/// Sets `[section] key = value` in a config table.
-fn set(table: &mut toml::Table, section: &str, key: &str, value: impl Into<toml::Value>) {
-    table
-        .entry(section)
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-        .as_table_mut()
-        .expect("a config section is a table")
-        .insert(key.to_owned(), value.into());
-}
-
 /// `order.paid` events whose `order_no` (rendered as `character_string1`) is the event id.
 fn events(tag: &str, n: usize) -> (Vec<String>, Vec<Value>) {
     let ids: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
@@ -200,21 +190,21 @@ impl Fleet {
         let mut table: toml::Table =
             toml::from_str(&config_text(&app.prefix, &app.mock.base_url()))
                 .expect("the test config is TOML");
-        set(&mut table, "wechat", "timeout", "1s");
-        set(&mut table, "wechat", "lock_ttl", "1500ms");
-        set(&mut table, "retry", "max_attempts", 5);
-        set(&mut table, "retry", "initial", "200ms");
-        set(&mut table, "retry", "max", "1s");
-        set(&mut table, "retry", "token_retries", 1);
-        set(&mut table, "policy", "on_ambiguous", policy.as_str());
+        set_toml(&mut table, "wechat", "timeout", "1s");
+        set_toml(&mut table, "wechat", "lock_ttl", "1500ms");
+        set_toml(&mut table, "retry", "max_attempts", 5);
+        set_toml(&mut table, "retry", "initial", "200ms");
+        set_toml(&mut table, "retry", "max", "1s");
+        set_toml(&mut table, "retry", "token_retries", 1);
+        set_toml(&mut table, "policy", "on_ambiguous", policy.as_str());
         // The test Redis keeps nothing on disk; these tests are about the worker, not Redis.
-        set(&mut table, "policy", "unsafe_redis", true);
-        set(&mut table, "worker", "shutdown_grace", "5s");
+        set_toml(&mut table, "policy", "unsafe_redis", true);
+        set_toml(&mut table, "worker", "shutdown_grace", "5s");
         let queue_type_name = match queue_type {
             QueueType::Classic => "classic",
             QueueType::Quorum => "quorum",
         };
-        set(&mut table, "amqp", "queue_type", queue_type_name);
+        set_toml(&mut table, "amqp", "queue_type", queue_type_name);
         tweak(&mut table);
         let text = toml::to_string(&table).expect("config serializes");
         let loaded = load_str(&text, Path::new("faults.toml"), vec![]).expect("config parses");
@@ -664,7 +654,7 @@ async fn rabbitmq_restarted_mid_stream() {
     // 2 workers × prefetch 8 / 80 ms: about 200 sends a second, so the stream is mid-way
     // when the broker has stopped (stop_app takes seconds).
     let mut fleet = Fleet::new("rabbit-restart", latency(80), Policy::Resend, 2, |t| {
-        set(t, "amqp", "prefetch", 8);
+        set_toml(t, "amqp", "prefetch", 8);
     })
     .await;
     let (ids, events) = events("rr", n);
@@ -697,7 +687,7 @@ async fn all_connections_force_closed() {
     let _serial = SERIAL.lock().await;
     let n = scaled(3_000);
     let mut fleet = Fleet::new("conn-closed", latency(50), Policy::DeadLetter, 3, |t| {
-        set(t, "amqp", "prefetch", 8);
+        set_toml(t, "amqp", "prefetch", 8);
     })
     .await;
     fleet.spawn_all().await;
@@ -758,7 +748,7 @@ async fn redis_restarted_mid_stream() {
     let _serial = SERIAL.lock().await;
     let n = scaled(1_500);
     let mut fleet = Fleet::new("redis-restart", latency(20), Policy::DeadLetter, 2, |t| {
-        set(t, "amqp", "prefetch", 8);
+        set_toml(t, "amqp", "prefetch", 8);
     })
     .await;
     fleet.spawn_all().await;
@@ -977,7 +967,7 @@ async fn latency_spikes() {
         let n = scaled(600);
         let mut fleet = Fleet::new(&name, MockOptions::default(), policy, 2, |t| {
             // A spike may cost a message three attempts.
-            set(t, "retry", "max_attempts", 8);
+            set_toml(t, "retry", "max_attempts", 8);
         })
         .await;
         fleet.spawn_all().await;
@@ -1014,7 +1004,7 @@ async fn connection_refused_for_10s() {
     let n = scaled(800);
     let mut fleet = Fleet::new("refused", MockOptions::default(), Policy::Resend, 2, |t| {
         // Enough attempts to outlast the outage (about 1 s apart once backed off).
-        set(t, "retry", "max_attempts", 40);
+        set_toml(t, "retry", "max_attempts", 40);
     })
     .await;
     fleet.spawn_all().await;
