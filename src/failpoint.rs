@@ -18,6 +18,9 @@
 //!
 //! Points in the product (add yours here):
 //! - `worker.process`: in `worker::process`, before the message is handled.
+//! - `settle.dead_letter_confirmed`: in `worker::settle`, after a dead letter's publish was
+//!   confirmed and before it is recorded `dead` in Redis and the message acked (a worker
+//!   killed here leaves a copy of the dead letter to its redelivery).
 
 /// Reached at a fault point: does what a test armed there, or nothing.
 #[cfg(not(feature = "failpoints"))]

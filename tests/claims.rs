@@ -207,7 +207,11 @@ async fn a_pending_dead_letter_is_never_sent() {
     );
     assert_eq!(
         claim(&mut c, &keys, &ClaimId::new(), true).await,
-        Claim::DeadLetterPending(pending("permanent"))
+        Claim::DeadLetterPending {
+            pending: pending("permanent"),
+            letter_id: a.as_str().to_owned(),
+        },
+        "a redelivery dead-letters it again, with the deciding claim's letter id"
     );
     assert!(
         claims::mark_dead(&mut c, &keys.event, 0, TTL)
@@ -241,7 +245,13 @@ async fn the_earlier_ambiguous_state_reads_as_a_pending_dead_letter() {
         .await
         .unwrap();
     match claim(&mut c, &keys, &ClaimId::new(), true).await {
-        Claim::DeadLetterPending(p) => assert_eq!(p.class, "ambiguous"),
+        Claim::DeadLetterPending { pending, letter_id } => {
+            assert_eq!(pending.class, "ambiguous");
+            assert_eq!(
+                letter_id, "",
+                "no claim id recorded: the body gives the letter id"
+            );
+        }
         other => panic!("{other:?}"),
     }
     cleanup(&mut c, &keys).await;

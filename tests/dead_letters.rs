@@ -31,25 +31,6 @@ fn replay_all() -> Order {
     }
 }
 
-/// The broker's pid of the connection with this name (`rabbitmqctl list_connections`).
-fn connection_pid(name: &str) -> Option<String> {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "-q",
-            "--no-table-headers",
-            "pid",
-            "name",
-            "client_properties",
-        ])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.contains(name))
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-}
-
 #[tokio::test]
 async fn a_forced_close_mid_replay_loses_nothing_and_sends_each_event_once() {
     const N: usize = 3000;
@@ -61,7 +42,7 @@ async fn a_forced_close_mid_replay_loses_nothing_and_sends_each_event_once() {
     let pid = eventually(
         "the replay's connection listed",
         Duration::from_secs(30),
-        || async { connection_pid(&name) },
+        || async { broker_connection_pids(&name).into_iter().next() },
     )
     .await;
 
@@ -89,11 +70,7 @@ async fn a_forced_close_mid_replay_loses_nothing_and_sends_each_event_once() {
         (progress.snapshot().done >= 100).then_some(())
     })
     .await;
-    let closed = std::process::Command::new("rabbitmqctl")
-        .args(["close_connection", &pid, "test: forced close mid-replay"])
-        .status()
-        .expect("rabbitmqctl runs");
-    assert!(closed.success());
+    close_broker_connection(&pid, "test: forced close mid-replay");
     let result = tokio::time::timeout(Duration::from_secs(60), run)
         .await
         .expect("the replay ends after its connection closed")

@@ -435,13 +435,13 @@ impl Fleet {
                 s + d.len() > 0,
                 "[{name}] event {id} was lost: neither sent nor dead-lettered"
             );
-            // Copies of one dead letter (same reason) are the bound docs/reliability.md §1
-            // states for a kill between a dead letter's confirm and its Redis record;
-            // different reasons would be a second decision.
+            // One dead letter per event: copies of it (a kill between its confirm and its
+            // Redis record, docs/reliability.md §1) carry the deciding claim's letter id,
+            // which every reader collapses; a second id would be a second decision.
             assert!(
                 d.iter()
-                    .all(|l| l.class == d[0].class && l.errcode == d[0].errcode),
-                "[{name}] event {id} dead-lettered for different reasons: {d:?}"
+                    .all(|l| l.letter_id.is_some() && l.letter_id == d[0].letter_id),
+                "[{name}] event {id} dead-lettered twice (letter ids differ): {d:?}"
             );
             if d.len() > 1 {
                 eprintln!("[{name}] event {id}: {} copies of one dead letter", d.len());

@@ -188,7 +188,7 @@ async fn dead(
             let letters: Vec<_> = view
                 .letters
                 .iter()
-                .map(|l| ops::letter_json(l, now))
+                .map(|l| crate::dead_letters::view::letter_json(l, now))
                 .collect();
             Json(json!({
                 "total": view.total,
@@ -210,7 +210,12 @@ async fn dead_one(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Respon
         ),
         Ok(found) => {
             let now = OffsetDateTime::now_utc();
-            let letters: Vec<_> = found.iter().map(|r| ops::read_json(r, now)).collect();
+            let letters: Vec<_> = found
+                .iter()
+                .map(|r| {
+                    crate::dead_letters::view::read_json(&r.letter, &r.properties, &r.body, now)
+                })
+                .collect();
             Json(json!({ "letters": letters })).into_response()
         }
         Err(e) => unavailable("reading the dead letters", &e),

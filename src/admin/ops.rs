@@ -144,37 +144,6 @@ pub async fn show(ctx: &Ctx, wanted: &str) -> anyhow::Result<Vec<dead_letters::R
     Ok(read?.1)
 }
 
-/// A letter as JSON: what it says about itself, with its age.
-pub fn letter_json(l: &Letter, now: OffsetDateTime) -> Value {
-    let age = l.age(now);
-    json!({
-        "position": l.position,
-        "id": l.id,
-        "parsable": l.json,
-        "type": l.kind,
-        "app": l.app,
-        "class": l.class,
-        "errcode": l.errcode,
-        "errmsg": l.errmsg,
-        "attempts": l.attempts,
-        "first_failed_at": l.first_failed_at,
-        "dead_at": l.dead_at_raw,
-        "age_seconds": age.map(|a| a.as_secs()),
-        "replayed": l.replayed,
-    })
-}
-
-/// A letter with its headers and body (UTF-8 as text, else base64).
-pub fn read_json(r: &dead_letters::Read, now: OffsetDateTime) -> Value {
-    let mut v = letter_json(&r.letter, now);
-    v["headers"] = dead_letters::view::table_json(&broker::headers::of(&r.properties));
-    match std::str::from_utf8(&r.body) {
-        Ok(text) => v["body"] = json!(text),
-        Err(_) => v["body_base64"] = json!(dead_letters::view::base64(&r.body)),
-    }
-    v
-}
-
 /// The ready messages of each queue wxpush declares (`None`: not reachable or not there).
 pub async fn queue_depths(ctx: &Ctx) -> Vec<(String, String, Option<u32>)> {
     let topology = &ctx.topology;

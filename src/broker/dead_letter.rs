@@ -32,6 +32,7 @@ const REPLAYED: &str = "x-wxpush-replayed";
 const DEAD_AT: &str = "x-wxpush-dead-at";
 const PARKED: &str = "x-wxpush-parked";
 const BUSY: &str = "x-wxpush-busy";
+const LETTER_ID: &str = "x-wxpush-letter-id";
 
 /// Every header this module owns, for listings that want to tell ours from the rest.
 pub const HEADER_NAMES: &[&str] = &[
@@ -45,6 +46,7 @@ pub const HEADER_NAMES: &[&str] = &[
     DEAD_AT,
     PARKED,
     BUSY,
+    LETTER_ID,
 ];
 
 /// Why a message failed: the `x-wxpush-error` header, a `class` filter of `replay`, a label
@@ -167,16 +169,33 @@ pub fn for_retry(
     headers
 }
 
-/// The headers of a dead letter: those of a retry, plus when it died.
+/// The headers of a dead letter: those of a retry, plus when it died and the letter's id.
+///
+/// The id names the decision, not the publish: a redelivery that publishes the same dead
+/// letter again (the broker confirmed the first copy but the worker died before recording
+/// it, or a publish that timed out during a resource alarm landed later) writes the same
+/// id, and every reader ([`crate::dead_letters`]) treats the copies as one letter.
 pub fn for_dead_letter(
     headers: FieldTable,
     attempts: u32,
     failure: &Failure,
+    letter_id: &str,
     now: OffsetDateTime,
 ) -> FieldTable {
     let mut headers = for_retry(headers, attempts, failure, now);
     h::set_str(&mut headers, DEAD_AT, &rfc3339(now));
+    h::set_str(&mut headers, LETTER_ID, letter_id);
     headers
+}
+
+/// The letter id of a dead letter no Redis record stands behind (an invalid or unparsable
+/// message): derived from the body, so a redelivery of the same message, dead-lettered
+/// again, carries the same id.
+pub fn letter_id_of_body(body: &[u8]) -> String {
+    use sha1::Digest;
+    let digest = sha1::Sha1::digest(body);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("body-{hex}")
 }
 
 /// The headers of a message parked while its app cannot send: how often it was parked, and
@@ -195,6 +214,11 @@ pub fn for_later(mut headers: FieldTable) -> FieldTable {
     let busy = h::get_i64(&headers, BUSY).unwrap_or(0).saturating_add(1);
     h::set_i64(&mut headers, BUSY, busy);
     headers
+}
+
+/// The dead letter's id (`x-wxpush-letter-id`), when it has one.
+pub fn letter_id(headers: &FieldTable) -> Option<String> {
+    h::get_str(headers, LETTER_ID)
 }
 
 /// How often the message found its event busy (0 when never).
@@ -216,6 +240,7 @@ pub fn for_replay(dead: &FieldTable) -> FieldTable {
             DEAD_AT,
             PARKED,
             BUSY,
+            LETTER_ID,
         ],
     );
     h::set_i64(&mut headers, REPLAYED, replays(dead).saturating_add(1));
@@ -246,6 +271,12 @@ pub struct Letter {
     pub dead_at: Option<OffsetDateTime>,
     /// `x-wxpush-replayed`, 0 when absent.
     pub replayed: i64,
+    /// `x-wxpush-letter-id`: copies of one dead letter share it (absent on letters written
+    /// before 0.3, and on foreign messages: each of those is a letter of its own).
+    pub letter_id: Option<String>,
+    /// How many copies of this letter a listing found (1 unless the broker holds copies,
+    /// see [`for_dead_letter`]).
+    pub copies: u32,
 }
 
 impl Letter {
@@ -269,6 +300,8 @@ impl Letter {
                 .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok()),
             dead_at_raw,
             replayed: replays(&headers),
+            letter_id: letter_id(&headers),
+            copies: 1,
         }
     }
 
@@ -330,7 +363,7 @@ mod tests {
         };
         let first = at("2026-01-01T00:00:00Z");
         let retried = for_retry(FieldTable::default(), 1, &failure, first);
-        let dead = for_dead_letter(retried, 2, &failure, at("2026-01-01T00:05:00Z"));
+        let dead = for_dead_letter(retried, 2, &failure, "c-1", at("2026-01-01T00:05:00Z"));
         let body = br#"{"id":"e-1","type":"order.paid","app":"ignored"}"#;
         let l = Letter::of(3, &props(dead), body);
         assert_eq!(l.position, 3);
@@ -350,6 +383,8 @@ mod tests {
         assert_eq!(l.attempts, Some(2));
         assert_eq!(l.first_failed_at.as_deref(), Some("2026-01-01T00:00:00Z"));
         assert_eq!(l.dead_at, Some(at("2026-01-01T00:05:00Z")));
+        assert_eq!(l.letter_id.as_deref(), Some("c-1"));
+        assert_eq!(l.copies, 1);
         assert_eq!(
             l.age(at("2026-01-01T00:06:00Z")),
             Some(Duration::from_secs(60))
@@ -383,6 +418,7 @@ mod tests {
             for_park(FieldTable::default(), "default"),
             8,
             &failure,
+            "c-2",
             at("2026-01-01T00:00:00Z"),
         );
         h::set_str(&mut dead, "x-other", "kept");
@@ -413,6 +449,14 @@ mod tests {
             Letter::of(1, &props(twice), b"x").app.as_deref(),
             Some("shop")
         );
+    }
+
+    #[test]
+    fn a_body_gives_one_letter_id() {
+        let id = letter_id_of_body(b"{\"id\":\"x\"}");
+        assert_eq!(id, letter_id_of_body(b"{\"id\":\"x\"}"));
+        assert_ne!(id, letter_id_of_body(b"{\"id\":\"y\"}"));
+        assert!(id.starts_with("body-") && id.len() == 45, "{id}");
     }
 
     #[test]

@@ -15,10 +15,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use lapin::{BasicProperties, Connection};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -27,8 +26,8 @@ pub use crate::broker::dead_letter::Letter;
 use crate::broker::{self, headers as h};
 use crate::config::{Config, QueueType};
 use crate::dead_letters;
-use crate::dead_letters::view::table_value_json;
-pub use crate::dead_letters::view::{base64, table_json};
+pub use crate::dead_letters::view::format_age;
+use crate::dead_letters::view::{letter_json, table_value_json};
 
 #[derive(Debug, clap::Args)]
 pub struct DeadArgs {
@@ -54,32 +53,6 @@ fn designates(letter: &Letter, wanted: &str) -> bool {
             .strip_prefix('#')
             .and_then(|n| n.parse::<usize>().ok())
             .is_some_and(|n| n == letter.position)
-}
-
-fn letter_json(letter: &Letter, now: OffsetDateTime) -> Map<String, Value> {
-    let age = letter.age(now);
-    let mut object = Map::new();
-    let mut put = |k: &str, v: Value| {
-        object.insert(k.to_owned(), v);
-    };
-    put("position", json!(letter.position));
-    put("id", json!(letter.id));
-    put("parsable", json!(letter.json));
-    put("type", json!(letter.kind));
-    put("app", json!(letter.app));
-    put("class", json!(letter.class));
-    put("errcode", json!(letter.errcode));
-    put("errmsg", json!(letter.errmsg));
-    put("attempts", json!(letter.attempts));
-    put("dead_at", json!(letter.dead_at_raw));
-    put("age_seconds", json!(age.map(|a| a.as_secs())));
-    put("age", json!(age.map(format_age)));
-    put("replayed", json!(letter.replayed));
-    object
-}
-/// An age in whole seconds, humantime style (`1h 2m 3s`).
-pub fn format_age(age: Duration) -> String {
-    humantime::format_duration(Duration::from_secs(age.as_secs())).to_string()
 }
 
 /// Says so when the queue is a quorum queue: RabbitMQ puts messages handed back to a
@@ -136,10 +109,7 @@ pub async fn run(config: &Config, args: DeadArgs) -> CliResult {
             summary_text(&letters)
         };
     } else if args.json {
-        let items: Vec<Value> = letters
-            .iter()
-            .map(|l| Value::Object(letter_json(l, now)))
-            .collect();
+        let items: Vec<Value> = letters.iter().map(|l| letter_json(l, now)).collect();
         out = pretty(&Value::Array(items));
     } else {
         out.push_str(&table(&letters, now));
@@ -217,8 +187,9 @@ fn or_dash<T: ToString>(v: Option<T>) -> String {
 fn table(letters: &[Letter], now: OffsetDateTime) -> String {
     let header = [
         "#", "ID", "TYPE", "APP", "CLASS", "ERRCODE", "ERRMSG", "ATTEMPTS", "AGE", "REPLAYED",
+        "COPIES",
     ];
-    let rows: Vec<[String; 10]> = letters
+    let rows: Vec<[String; 11]> = letters
         .iter()
         .map(|l| {
             [
@@ -232,6 +203,7 @@ fn table(letters: &[Letter], now: OffsetDateTime) -> String {
                 or_dash(l.attempts),
                 l.age(now).map_or_else(|| "-".into(), format_age),
                 l.replayed.to_string(),
+                l.copies.to_string(),
             ]
         })
         .collect();
@@ -313,13 +285,7 @@ fn summary_json(letters: &[Letter]) -> Value {
 }
 
 fn show_json(s: &Shown, now: OffsetDateTime) -> Value {
-    let mut object = letter_json(&s.letter, now);
-    object.insert("headers".into(), table_json(&h::of(&s.properties)));
-    match std::str::from_utf8(&s.body) {
-        Ok(text) => object.insert("body".into(), json!(text)),
-        Err(_) => object.insert("body_base64".into(), json!(base64(&s.body))),
-    };
-    Value::Object(object)
+    dead_letters::view::read_json(&s.letter, &s.properties, &s.body, now)
 }
 
 fn show_text(out: &mut String, s: &Shown, now: OffsetDateTime) {
@@ -403,6 +369,8 @@ fn show_text(out: &mut String, s: &Shown, now: OffsetDateTime) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use lapin::types::FieldTable;
 
@@ -422,7 +390,7 @@ mod tests {
             app: None,
         };
         let at = OffsetDateTime::parse(dead_at, &Rfc3339).unwrap();
-        dead_letter::for_dead_letter(FieldTable::default(), 1, &failure, at)
+        dead_letter::for_dead_letter(FieldTable::default(), 1, &failure, "t-1", at)
     }
 
     #[test]

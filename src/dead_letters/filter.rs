@@ -81,7 +81,7 @@ mod tests {
                     app: None,
                 };
                 let at = OffsetDateTime::parse(dead_at, &Rfc3339).unwrap();
-                dead_letter::for_dead_letter(FieldTable::default(), 1, &failure, at)
+                dead_letter::for_dead_letter(FieldTable::default(), 1, &failure, "t-1", at)
             }
         };
         Letter::of(1, &BasicProperties::default().with_headers(headers), body)

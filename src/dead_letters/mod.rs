@@ -29,10 +29,19 @@
 //! sends an event once).
 //!
 //! **Purging** acks matching letters without republishing them.
+//!
+//! **Copies.** The broker may hold two copies of one dead letter (a worker killed between
+//! the dead letter's confirm and its Redis record publishes it again on redelivery; a
+//! publish that timed out in a resource alarm lands later): they carry the same letter id
+//! (`x-wxpush-letter-id`, the deciding claim's). A scan treats them as one letter: a
+//! listing shows it once with its number of copies, a filter's count and `limit` count it
+//! once, and replaying or purging it acks its copies with it (after its republish was
+//! confirmed), so the event goes back to the worker once.
 
 pub mod filter;
 pub mod view;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -104,6 +113,8 @@ pub struct Progress {
     /// Replayed or purged (for a dry run: matched within the limit).
     pub done: AtomicU64,
     pub unroutable: AtomicU64,
+    /// Copies of letters already seen in this run, collapsed into them.
+    pub copies: AtomicU64,
     pub finished: AtomicBool,
 }
 
@@ -118,6 +129,9 @@ pub struct Tally {
     pub done: u64,
     /// Kept because the events queue did not take them (it was deleted meanwhile).
     pub unroutable: u64,
+    /// Copies of letters already counted (same letter id): not counted again, and acked
+    /// with their letter when it is replayed or purged.
+    pub copies: u64,
     pub interrupted: bool,
     pub finished: bool,
 }
@@ -131,6 +145,7 @@ impl Progress {
             matched: get(&self.matched),
             done: get(&self.done),
             unroutable: get(&self.unroutable),
+            copies: get(&self.copies),
             interrupted: false,
             finished: self.finished.load(Ordering::Relaxed),
         }
@@ -267,19 +282,34 @@ pub async fn read(
     if let Some(limit) = limit {
         scan.total = scan.total.min(limit);
     }
-    let mut letters = Vec::new();
-    let mut kept = Vec::new();
+    let mut letters: Vec<Letter> = Vec::new();
+    let mut kept: Vec<Read> = Vec::new();
+    // Letter id → (index in `letters`, index in `kept`), to fold copies into their letter.
+    let mut seen: HashMap<String, (usize, Option<usize>)> = HashMap::new();
     let result = loop {
         match scan.next(cancel).await {
             Ok(Some(delivery)) => {
                 Progress::add(&progress.scanned, 1);
-                let letter = Letter::of_delivery(letters.len() + 1, &delivery);
-                if keep(&letter) {
+                let letter = Letter::of_delivery(scan.scanned as usize, &delivery);
+                if let Some(&(at, kept_at)) = letter.letter_id.as_ref().and_then(|id| seen.get(id))
+                {
+                    Progress::add(&progress.copies, 1);
+                    letters[at].copies += 1;
+                    if let Some(k) = kept_at {
+                        kept[k].letter.copies += 1;
+                    }
+                    continue;
+                }
+                let kept_at = keep(&letter).then(|| {
                     kept.push(Read {
                         letter: letter.clone(),
                         properties: delivery.properties.clone(),
                         body: delivery.data.clone(),
                     });
+                    kept.len() - 1
+                });
+                if let Some(id) = &letter.letter_id {
+                    seen.insert(id.clone(), (letters.len(), kept_at));
                 }
                 letters.push(letter);
             }
@@ -322,6 +352,8 @@ pub async fn run(
     let mut batch = Batch::open(connection, queues, *action).await?;
     let now = OffsetDateTime::now_utc();
     let mut taken: u64 = 0;
+    // Letter ids this run took: a later copy goes with its letter (see the module docs).
+    let mut taken_ids: HashSet<String> = HashSet::new();
     let result = loop {
         if limit.is_some_and(|l| taken >= l) {
             break Ok(());
@@ -333,6 +365,15 @@ pub async fn run(
         };
         Progress::add(&progress.scanned, 1);
         let letter = Letter::of_delivery(scan.scanned as usize, &delivery);
+        if let Some(id) = letter
+            .letter_id
+            .as_ref()
+            .filter(|id| taken_ids.contains(*id))
+        {
+            Progress::add(&progress.copies, 1);
+            batch.push_copy(delivery, id.clone());
+            continue;
+        }
         if !filter.matches(&letter, now) {
             // Held unacked: it goes back to its place when the scan ends.
             continue;
@@ -340,6 +381,9 @@ pub async fn run(
         Progress::add(&progress.matched, 1);
         taken += 1;
         on_match(&letter);
+        if let Some(id) = letter.letter_id {
+            taken_ids.insert(id);
+        }
         if let Err(e) = batch.push(delivery, progress).await {
             break Err(e);
         }
@@ -366,6 +410,10 @@ struct Batch {
     window: usize,
     confirm_timeout: Duration,
     pending: Vec<(Delivery, BasicProperties, lapin::PublisherConfirm)>,
+    /// Copies of taken letters, by letter id, waiting for their letter to be settled.
+    copies: Vec<(Delivery, String)>,
+    /// Letter ids whose letter this run replayed or purged: their copies go too.
+    settled: HashSet<String>,
 }
 
 impl Batch {
@@ -390,7 +438,17 @@ impl Batch {
             window: queues.window.max(1),
             confirm_timeout: queues.confirm_timeout,
             pending: Vec::new(),
+            copies: Vec::new(),
+            settled: HashSet::new(),
         })
+    }
+
+    /// A copy of a letter this run took: acked once that letter is replayed or purged (a
+    /// dry run leaves it), never republished itself.
+    fn push_copy(&mut self, delivery: Delivery, letter_id: String) {
+        if self.action != Action::Count {
+            self.copies.push((delivery, letter_id));
+        }
     }
 
     async fn push(&mut self, delivery: Delivery, progress: &Progress) -> anyhow::Result<()> {
@@ -398,7 +456,9 @@ impl Batch {
             (Action::Count, _) => Progress::add(&progress.done, 1),
             (Action::Purge, _) => {
                 ack(&delivery).await?;
+                self.mark_settled(&delivery);
                 Progress::add(&progress.done, 1);
+                self.settle_copies().await?;
             }
             (Action::Replay, Some(channel)) => {
                 let properties = publish::republished(
@@ -477,9 +537,34 @@ impl Batch {
                 failure.get_or_insert(e);
                 break;
             }
+            self.mark_settled(&delivery);
             Progress::add(&progress.done, 1);
         }
+        if failure.is_none()
+            && let Err(e) = self.settle_copies().await
+        {
+            failure = Some(e);
+        }
         failure.map_or(Ok(()), Err)
+    }
+
+    fn mark_settled(&mut self, delivery: &Delivery) {
+        if let Some(id) = dead_letter::letter_id(&h::of(&delivery.properties)) {
+            self.settled.insert(id);
+        }
+    }
+
+    /// Acks the copies whose letter was replayed or purged; the others (their letter stays,
+    /// e.g. unroutable) go back when the scan ends.
+    async fn settle_copies(&mut self) -> anyhow::Result<()> {
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.copies)
+            .into_iter()
+            .partition(|(_, id)| self.settled.contains(id));
+        self.copies = waiting;
+        for (copy, _) in done {
+            ack(&copy).await?;
+        }
+        Ok(())
     }
 
     async fn close(self) {

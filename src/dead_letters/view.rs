@@ -1,8 +1,13 @@
 //! Dead letters' headers and bodies as JSON, for `wxpush dead --json`, the API and the
 //! console.
 
+use std::time::Duration;
+
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::broker::dead_letter::Letter;
 
 /// Headers as a JSON object (for `--json --show`).
 pub fn table_json(table: &FieldTable) -> Value {
@@ -47,24 +52,53 @@ pub fn table_value_json(value: &AMQPValue) -> Value {
 
 /// Standard base64 with padding (bodies and header values that are not UTF-8, in JSON).
 pub fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// An age in whole seconds, humantime style (`1h 2m 3s`).
+pub fn format_age(age: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(age.as_secs())).to_string()
+}
+
+/// A letter as JSON: what it says about itself, with its age and its number of copies
+/// (the one shape of `wxpush dead --json`, `GET /api/dead` and the console).
+pub fn letter_json(l: &Letter, now: OffsetDateTime) -> Value {
+    let age = l.age(now);
+    json!({
+        "position": l.position,
+        "id": l.id,
+        "parsable": l.json,
+        "type": l.kind,
+        "app": l.app,
+        "class": l.class,
+        "errcode": l.errcode,
+        "errmsg": l.errmsg,
+        "attempts": l.attempts,
+        "first_failed_at": l.first_failed_at,
+        "dead_at": l.dead_at_raw,
+        "age_seconds": age.map(|a| a.as_secs()),
+        "age": age.map(format_age),
+        "replayed": l.replayed,
+        "letter_id": l.letter_id,
+        "copies": l.copies,
+    })
+}
+
+/// A letter with its headers and body (UTF-8 as text, else base64): one letter shown whole.
+pub fn read_json(
+    letter: &Letter,
+    properties: &lapin::BasicProperties,
+    body: &[u8],
+    now: OffsetDateTime,
+) -> Value {
+    let mut v = letter_json(letter, now);
+    v["headers"] = table_json(&crate::broker::headers::of(properties));
+    match std::str::from_utf8(body) {
+        Ok(text) => v["body"] = json!(text),
+        Err(_) => v["body_base64"] = json!(base64(body)),
     }
-    out
+    v
 }
 
 #[cfg(test)]

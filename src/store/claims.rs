@@ -61,8 +61,8 @@ if state == 'skipped' or state == 'refused' then return {'decided', openid, stat
 if (state == 'dead' or state == 'dead_pending' or state == 'ambiguous')
   and tonumber(ARGV[4]) <= tonumber(redis.call('HGET', KEYS[1], 'replayed') or '0') then
   if state == 'dead' then return {'dead', openid} end
-  local f = redis.call('HMGET', KEYS[1], 'dl_class', 'dl_errcode', 'dl_errmsg')
-  return {'dead_pending', openid, f[1] or 'ambiguous', f[2] or '', f[3] or ''}
+  local f = redis.call('HMGET', KEYS[1], 'dl_class', 'dl_errcode', 'dl_errmsg', 'claim_id')
+  return {'dead_pending', openid, f[1] or 'ambiguous', f[2] or '', f[3] or '', f[4] or ''}
 end
 local answer = 'fresh'
 if state == 'claimed' then
@@ -190,6 +190,10 @@ impl ClaimId {
     pub fn new() -> ClaimId {
         ClaimId(uuid::Uuid::new_v4().simple().to_string())
     }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 impl Default for ClaimId {
@@ -224,7 +228,12 @@ pub enum Claim {
     Lost,
     /// Its dead letter was decided but not confirmed (and it was not replayed since):
     /// dead-letter it again with the recorded reason, never send it.
-    DeadLetterPending(PendingDeadLetter),
+    DeadLetterPending {
+        pending: PendingDeadLetter,
+        /// The id of the claim that decided the dead letter: the letter's id, which a
+        /// redelivery publishing it again writes once more (see `broker::dead_letter`).
+        letter_id: String,
+    },
     /// Its dead letter was confirmed (and it was not replayed since): ack, nothing more.
     AlreadyDead,
 }
@@ -288,11 +297,14 @@ pub async fn claim(
         "ambiguous" => Claim::Ambiguous { openid },
         "lost" => Claim::Lost,
         "dead" => Claim::AlreadyDead,
-        "dead_pending" => Claim::DeadLetterPending(PendingDeadLetter {
-            class: field(2),
-            errcode: field(3).parse().ok(),
-            errmsg: field(4),
-        }),
+        "dead_pending" => Claim::DeadLetterPending {
+            pending: PendingDeadLetter {
+                class: field(2),
+                errcode: field(3).parse().ok(),
+                errmsg: field(4),
+            },
+            letter_id: field(5),
+        },
         _ => Claim::Fresh { openid },
     })
 }

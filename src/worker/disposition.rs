@@ -106,7 +106,27 @@ pub enum DeadRecord {
         replayed: i64,
     },
     /// The record already says `dead_pending` (a redelivery): publish, then mark `dead`.
-    Pending { key: String, replayed: i64 },
+    Pending {
+        key: String,
+        replayed: i64,
+        /// The id the letter was decided with (the deciding claim's).
+        letter_id: String,
+    },
+}
+
+impl DeadRecord {
+    /// The dead letter's id (`x-wxpush-letter-id`): the id of the claim that decided it, so
+    /// that every copy a redelivery publishes carries the same one; for a message no
+    /// claim stands behind, derived from its body.
+    pub fn letter_id(&self, body: &[u8]) -> String {
+        match self {
+            DeadRecord::Claimed { claim_id, .. } => claim_id.as_str().to_owned(),
+            DeadRecord::Pending { letter_id, .. } if !letter_id.is_empty() => letter_id.clone(),
+            DeadRecord::Pending { .. } | DeadRecord::Unrecorded => {
+                crate::broker::dead_letter::letter_id_of_body(body)
+            }
+        }
+    }
 }
 
 impl Disposition {

@@ -330,8 +330,8 @@ async fn claim(
             });
         }
         Claim::Busy => return Err(Disposition::Later),
-        Claim::DeadLetterPending(pending) => {
-            return Err(dead_letter_again(&key, app, history, pending));
+        Claim::DeadLetterPending { pending, letter_id } => {
+            return Err(dead_letter_again(&key, app, history, pending, letter_id));
         }
         Claim::Fresh { openid } | Claim::Ambiguous { openid } => openid,
         Claim::Lost => None,
@@ -367,6 +367,7 @@ fn dead_letter_again(
     app: &str,
     history: History,
     pending: PendingDeadLetter,
+    letter_id: String,
 ) -> Disposition {
     Disposition::DeadLetter {
         attempts: history.attempts,
@@ -379,6 +380,7 @@ fn dead_letter_again(
         record: DeadRecord::Pending {
             key: key.to_owned(),
             replayed: history.replayed,
+            letter_id,
         },
     }
 }

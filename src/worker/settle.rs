@@ -94,6 +94,7 @@ pub async fn settle(
     match published {
         Ok(()) => {
             if let Disposition::DeadLetter { record, .. } = disposition {
+                crate::failpoint::hit("settle.dead_letter_confirmed").await;
                 record_dead(ctx, record).await;
             }
             // Acked at once, not batched: between a confirmed republish and its ack, a
@@ -223,12 +224,16 @@ fn next_step<'a>(
             (tier.queue.clone(), headers)
         }
         Disposition::DeadLetter {
-            attempts, failure, ..
+            attempts,
+            failure,
+            record,
         } => {
             metrics::counter!(m::DEAD_LETTERS, "reason" => failure.class.as_str()).increment(1);
-            tracing::warn!(attempts, class = %failure.class, errcode = failure.errcode, errmsg = %failure.errmsg, "dead-lettered");
+            let letter_id = record.letter_id(&delivery.data);
+            tracing::warn!(attempts, class = %failure.class, errcode = failure.errcode, errmsg = %failure.errmsg, letter_id, "dead-lettered");
             let now = OffsetDateTime::now_utc();
-            let headers = dead_letter::for_dead_letter(original(), *attempts, failure, now);
+            let headers =
+                dead_letter::for_dead_letter(original(), *attempts, failure, &letter_id, now);
             (ctx.topology.dead_letter_queue.clone(), headers)
         }
     };
@@ -272,7 +277,7 @@ async fn record_pending(
 async fn record_dead(ctx: &Ctx, record: &DeadRecord) {
     let (key, replayed) = match record {
         DeadRecord::Unrecorded => return,
-        DeadRecord::Claimed { key, replayed, .. } | DeadRecord::Pending { key, replayed } => {
+        DeadRecord::Claimed { key, replayed, .. } | DeadRecord::Pending { key, replayed, .. } => {
             (key, *replayed)
         }
     };

@@ -442,6 +442,8 @@ pub struct DeadLetter {
     pub attempts: Option<i64>,
     pub first_failed_at: Option<String>,
     pub app: Option<String>,
+    /// `x-wxpush-letter-id`: copies of one dead letter share it.
+    pub letter_id: Option<String>,
     id: Option<String>,
 }
 
@@ -457,6 +459,7 @@ impl DeadLetter {
             attempts: letter.attempts,
             first_failed_at: letter.first_failed_at,
             app: letter.app,
+            letter_id: letter.letter_id,
             id: letter.id,
         }
     }
@@ -545,7 +548,47 @@ pub fn dead_headers(
     let at = time::OffsetDateTime::parse(dead_at, &time::format_description::well_known::Rfc3339)
         .expect("an RFC 3339 time");
     let attempts = u32::try_from(attempts).expect("a non-negative attempt count");
-    dead_letter::for_dead_letter(lapin::types::FieldTable::default(), attempts, &failure, at)
+    // Each call is a letter of its own (a fresh id), as each dead-letter decision is.
+    let letter_id = uuid::Uuid::new_v4().simple().to_string();
+    dead_letter::for_dead_letter(
+        lapin::types::FieldTable::default(),
+        attempts,
+        &failure,
+        &letter_id,
+        at,
+    )
+}
+
+/// The broker's pids of the connections whose name contains `name` (`rabbitmqctl
+/// list_connections`: the client-given name is among the client properties); the product
+/// names its connections `wxpush <purpose> (pid <process id>)`.
+pub fn broker_connection_pids(name: &str) -> Vec<String> {
+    let Ok(out) = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(name))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+/// Closes one connection from the broker's side, as a crash of its client would end it.
+pub fn close_broker_connection(pid: &str, reason: &str) {
+    let closed = std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", pid, reason])
+        .status()
+        .expect("rabbitmqctl runs");
+    assert!(closed.success(), "rabbitmqctl close_connection {pid}");
 }
 
 /// The event id of a body, if it is a JSON object with a string `id`.
