@@ -6,19 +6,19 @@
 //! How nothing is lost or reordered:
 //! - the dead-letter queue is scanned by a consumer on a channel of its own (no auto-ack),
 //!   up to its length at start (dead letters arriving meanwhile wait for the next replay);
-//! - a matching message is republished on a confirm channel straight to the events queue
-//!   (the default exchange, routing key = `amqp.queue`), never through `amqp.exchange`:
-//!   other services' queues bound there would get copies, and a type no longer bound to our
-//!   queue would be "confirmed" into someone else's queue and leave the dead-letter queue.
-//!   Republishes go out in batches of `--window` whose confirms are awaited together; a
-//!   letter is acked from the dead-letter queue only once the broker confirmed its copy;
-//! - a message that does not match, or whose republish was returned as unroutable, is held
-//!   unacked until the scan ends; closing the channel then hands them all back, and RabbitMQ
-//!   puts requeued messages of a classic queue back in their original positions;
-//! - Ctrl-C (SIGINT) or SIGTERM stops the scan after the batch in flight; everything not
-//!   yet acked goes back. A second signal exits at once, which is still safe: a message is
-//!   never acked before its republish is confirmed, so at worst the batch in flight ends up
-//!   in both queues (and event ids make that harmless: the worker sends an event once).
+//! - a matching message is republished straight to the events queue (the default
+//!   exchange, routing key = `amqp.queue`), never through `amqp.exchange`: other services'
+//!   queues bound there would get copies, and a type no longer bound to our queue would be
+//!   "confirmed" into someone else's queue and leave the dead-letter queue. Republishes and
+//!   acks go out in batches of `--window`, each one AMQP transaction: a batch moves whole
+//!   or not at all, so no letter is ever in both queues;
+//! - a message that does not match is held unacked until the scan ends; closing the channel
+//!   then hands them all back, and RabbitMQ puts requeued messages of a classic queue back
+//!   in their original positions; one whose republish was returned as unroutable is put
+//!   back in the dead-letter queue;
+//! - Ctrl-C (SIGINT) or SIGTERM stops the scan after the batch in progress, which is
+//!   committed; everything else goes back. A second signal exits at once, which is still
+//!   safe: an uncommitted batch is discarded by the broker with the connection.
 //!
 //! The replayed message keeps its properties and headers except the dead-letter reason
 //! (`x-wxpush-error`, `-errcode`, `-errmsg`, `-attempts`, `-first-failed-at`, `-dead-at`), so

@@ -13,22 +13,22 @@
 //!
 //! **Replaying.** Matching letters are republished straight to the events queue (the
 //! default exchange, routing key = `amqp.queue`, never through `amqp.exchange`, where other
-//! services' queues would get copies) in batches of `window` publishes whose confirms are
-//! awaited together, and each letter is acked from the dead-letter queue only after its own
-//! republish was confirmed. One batch is in flight at a time, and that is what keeps an
-//! unroutable republish exact: lapin hands a returned message to whichever confirm of its
-//! channel resolves first, but RabbitMQ sends a publish's return before its confirm, so once
-//! every confirm of a batch is in, the batch's returns are all in and belong to it; each is
-//! matched to its letter by content, and that letter stays dead-lettered.
+//! services' queues would get copies) on the scan's own channel, in an AMQP transaction
+//! (`tx.select`): each batch of `window` letters is published and acked, then committed in
+//! one `tx.commit`. The commit makes a batch's republishes and its acks one step: a
+//! connection that fails (a broker restart, a forced close, a killed `replay`) before the
+//! commit leaves every letter of the batch in the dead-letter queue and none in the events
+//! queue, and after it, all moved. So a letter is never in both queues. A republish the
+//! broker returns as unroutable (the events queue was deleted meanwhile; RabbitMQ routes a
+//! transaction's publishes at the commit and sends the returns before `commit-ok`) had its
+//! ack committed with it: it is published back to the dead-letter queue, as it was, in a
+//! transaction of its own, and counted `unroutable`.
 //!
-//! **Stopping.** A cancel (Ctrl-C, an API cancel) ends the scan after the batch in flight:
-//! its confirms are awaited and its letters acked, everything else goes back. If the
-//! connection fails (a broker restart, a forced close), unconfirmed letters are never acked
-//! and go back; only letters whose confirm arrived but whose ack did not reach the broker —
-//! at most one batch — end up in both queues, and event ids make that harmless (the worker
-//! sends an event once).
+//! **Stopping.** A cancel (Ctrl-C, an API cancel) ends the scan after the batch in
+//! progress, which is committed; everything else goes back.
 //!
-//! **Purging** acks matching letters without republishing them.
+//! **Purging** acks matching letters without republishing them, committed per batch the
+//! same way.
 //!
 //! **Copies.** The broker may hold two copies of one dead letter (a worker killed between
 //! the dead letter's confirm and its Redis record publishes it again on redelivery; a
@@ -46,10 +46,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_lite::StreamExt;
-use lapin::message::{BasicReturnMessage, Delivery};
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ErrorKind};
 use serde::Serialize;
@@ -349,7 +347,13 @@ pub async fn run(
         limit,
     } = order;
     let mut scan = Scan::open(connection, &queues.dead, progress).await?;
-    let mut batch = Batch::open(connection, queues, *action).await?;
+    let mut batch = match Batch::open(&scan.channel, queues, *action).await {
+        Ok(batch) => batch,
+        Err(e) => {
+            scan.close().await;
+            return Err(e);
+        }
+    };
     let now = OffsetDateTime::now_utc();
     let mut taken: u64 = 0;
     // Letter ids this run took: a later copy goes with its letter (see the module docs).
@@ -365,13 +369,15 @@ pub async fn run(
         };
         Progress::add(&progress.scanned, 1);
         let letter = Letter::of_delivery(scan.scanned as usize, &delivery);
-        if let Some(id) = letter
+        if letter
             .letter_id
             .as_ref()
-            .filter(|id| taken_ids.contains(*id))
+            .is_some_and(|id| taken_ids.contains(id))
         {
             Progress::add(&progress.copies, 1);
-            batch.push_copy(delivery, id.clone());
+            if let Err(e) = batch.push_copy(delivery).await {
+                break Err(e);
+            }
             continue;
         }
         if !filter.matches(&letter, now) {
@@ -381,17 +387,16 @@ pub async fn run(
         Progress::add(&progress.matched, 1);
         taken += 1;
         on_match(&letter);
-        if let Some(id) = letter.letter_id {
+        if let Some(id) = letter.letter_id.clone() {
             taken_ids.insert(id);
         }
         if let Err(e) = batch.push(delivery, progress).await {
             break Err(e);
         }
     };
-    // The batch in flight finishes even after a cancel or an error of the scan: its
-    // letters are acked only if confirmed.
-    let flushed = batch.flush(progress).await;
-    batch.close().await;
+    // The batch in progress is committed even after a cancel or an error of the scan (if
+    // the channel is gone, it was never committed and its letters stay).
+    let flushed = batch.commit(progress).await;
     scan.close().await;
     progress.finished.store(true, Ordering::Relaxed);
     result?;
@@ -401,175 +406,132 @@ pub async fn run(
     Ok(tally)
 }
 
-/// Taken letters waiting for their batch to be settled.
+/// The letters of the transaction in progress (see "Replaying" in the module docs).
 struct Batch {
     action: Action,
-    /// Confirm-mode channel for the republishes (replay only).
-    channel: Option<Channel>,
+    /// The scan's channel, in transaction mode unless the run only counts: a letter's
+    /// ack must go on the channel it was delivered on, and a commit settles both.
+    channel: Channel,
     events: String,
+    dead: String,
     window: usize,
-    confirm_timeout: Duration,
-    pending: Vec<(Delivery, BasicProperties, lapin::PublisherConfirm)>,
-    /// Copies of taken letters, by letter id, waiting for their letter to be settled.
-    copies: Vec<(Delivery, String)>,
-    /// Letter ids whose letter this run replayed or purged: their copies go too.
-    settled: HashSet<String>,
+    commit_timeout: Duration,
+    /// Letters taken in the open transaction, with their properties as republished.
+    taken: Vec<(Delivery, BasicProperties)>,
 }
 
 impl Batch {
-    async fn open(
-        connection: &Connection,
-        queues: &Queues,
-        action: Action,
-    ) -> anyhow::Result<Batch> {
-        let channel = if action == Action::Replay {
-            let channel = connection.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            Some(channel)
-        } else {
-            None
-        };
+    async fn open(channel: &Channel, queues: &Queues, action: Action) -> anyhow::Result<Batch> {
+        if action != Action::Count {
+            channel.tx_select().await.map_err(|e| {
+                anyhow::anyhow!("cannot start a transaction on `{}`: {e}", queues.dead)
+            })?;
+        }
         Ok(Batch {
             action,
-            channel,
+            channel: channel.clone(),
             events: queues.events.clone(),
+            dead: queues.dead.clone(),
             window: queues.window.max(1),
-            confirm_timeout: queues.confirm_timeout,
-            pending: Vec::new(),
-            copies: Vec::new(),
-            settled: HashSet::new(),
+            commit_timeout: queues.confirm_timeout,
+            taken: Vec::new(),
         })
     }
 
-    /// A copy of a letter this run took: acked once that letter is replayed or purged (a
-    /// dry run leaves it), never republished itself.
-    fn push_copy(&mut self, delivery: Delivery, letter_id: String) {
-        if self.action != Action::Count {
-            self.copies.push((delivery, letter_id));
-        }
-    }
-
+    /// Takes a matching letter: republished (replay) and acked in the open transaction.
     async fn push(&mut self, delivery: Delivery, progress: &Progress) -> anyhow::Result<()> {
-        match (self.action, &self.channel) {
-            (Action::Count, _) => Progress::add(&progress.done, 1),
-            (Action::Purge, _) => {
-                ack(&delivery).await?;
-                self.mark_settled(&delivery);
-                Progress::add(&progress.done, 1);
-                self.settle_copies().await?;
-            }
-            (Action::Replay, Some(channel)) => {
-                let properties = publish::republished(
-                    &delivery.properties,
-                    dead_letter::for_replay(&h::of(&delivery.properties)),
-                );
-                let confirm = channel
-                    .basic_publish(
-                        "".into(),
-                        self.events.as_str().into(),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..BasicPublishOptions::default()
-                        },
-                        &delivery.data,
-                        properties.clone(),
-                    )
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!("republishing failed, the letter stays dead-lettered: {e}")
-                    })?;
-                self.pending.push((delivery, properties, confirm));
-                if self.pending.len() >= self.window {
-                    self.flush(progress).await?;
-                }
-            }
-            (Action::Replay, None) => unreachable!("a replay batch has a channel"),
+        if self.action == Action::Count {
+            Progress::add(&progress.done, 1);
+            return Ok(());
+        }
+        let properties = publish::republished(
+            &delivery.properties,
+            dead_letter::for_replay(&h::of(&delivery.properties)),
+        );
+        if self.action == Action::Replay {
+            self.publish_to(&self.events, &delivery.data, properties.clone())
+                .await?;
+        }
+        ack(&delivery).await?;
+        self.taken.push((delivery, properties));
+        if self.taken.len() >= self.window {
+            self.commit(progress).await?;
         }
         Ok(())
     }
 
-    /// Awaits every confirm of the batch, then acks each letter whose republish was
-    /// confirmed and not returned.
-    async fn flush(&mut self, progress: &Progress) -> anyhow::Result<()> {
-        let pending = std::mem::take(&mut self.pending);
-        let mut confirmed = Vec::with_capacity(pending.len());
-        let mut returned: Vec<BasicReturnMessage> = Vec::new();
-        let mut failure = None;
-        for (delivery, properties, confirm) in pending {
-            match tokio::time::timeout(self.confirm_timeout, confirm).await {
-                Ok(Ok(lapin::Confirmation::Ack(back))) => {
-                    returned.extend(back);
-                    confirmed.push((delivery, properties));
-                }
-                Ok(Ok(_nack)) => {
-                    failure.get_or_insert_with(|| {
-                        anyhow::anyhow!(
-                            "RabbitMQ refused (nacked) a republish to `{}`; it stays dead-lettered",
-                            self.events
-                        )
-                    });
-                }
-                Ok(Err(e)) => {
-                    failure.get_or_insert_with(|| {
-                        anyhow::anyhow!(
-                            "republishing failed, unconfirmed letters stay dead-lettered: {e}"
-                        )
-                    });
-                }
-                Err(_) => {
-                    failure.get_or_insert_with(|| anyhow::anyhow!("RabbitMQ did not confirm republishes to `{}` within {:?} (a memory or disk alarm?); they stay dead-lettered", self.events, self.confirm_timeout));
-                }
-            }
+    /// A copy of a letter this run took: acked in the open transaction (in the same commit
+    /// as its letter, or after it), never republished; a dry run leaves it.
+    async fn push_copy(&mut self, delivery: Delivery) -> anyhow::Result<()> {
+        if self.action == Action::Count {
+            return Ok(());
         }
-        for (delivery, properties) in confirmed {
+        ack(&delivery).await
+    }
+
+    async fn publish_to(
+        &self,
+        queue: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> anyhow::Result<()> {
+        self.channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .map(drop)
+            .map_err(|e| anyhow::anyhow!("republishing to `{queue}` failed; the batch is not committed and its letters stay dead-lettered: {e}"))
+    }
+
+    /// Commits the open transaction: its republishes and acks happen together, or (the
+    /// channel or connection went first) not at all. A republish the broker returned
+    /// (the events queue was deleted meanwhile) goes back to the dead-letter queue as it
+    /// was, in a transaction of its own.
+    async fn commit(&mut self, progress: &Progress) -> anyhow::Result<()> {
+        if self.taken.is_empty() {
+            return Ok(());
+        }
+        let taken = std::mem::take(&mut self.taken);
+        self.commit_now(taken.len()).await?;
+        let mut returned = self.channel.wait_for_confirms().await.unwrap_or_default();
+        let mut put_back = 0;
+        for (delivery, properties) in &taken {
             if let Some(i) = returned
                 .iter()
-                .position(|r| r.data == delivery.data && r.properties == properties)
+                .position(|r| r.data == delivery.data && &r.properties == properties)
             {
-                // Not enqueued: it stays where it is.
                 returned.swap_remove(i);
-                Progress::add(&progress.unroutable, 1);
-                continue;
+                self.publish_to(&self.dead, &delivery.data, delivery.properties.clone())
+                    .await?;
+                put_back += 1;
             }
-            if let Err(e) = ack(&delivery).await {
-                failure.get_or_insert(e);
-                break;
-            }
-            self.mark_settled(&delivery);
-            Progress::add(&progress.done, 1);
         }
-        if failure.is_none()
-            && let Err(e) = self.settle_copies().await
-        {
-            failure = Some(e);
+        if put_back > 0 {
+            self.commit_now(put_back).await?;
+            Progress::add(&progress.unroutable, put_back as u64);
         }
-        failure.map_or(Ok(()), Err)
-    }
-
-    fn mark_settled(&mut self, delivery: &Delivery) {
-        if let Some(id) = dead_letter::letter_id(&h::of(&delivery.properties)) {
-            self.settled.insert(id);
-        }
-    }
-
-    /// Acks the copies whose letter was replayed or purged; the others (their letter stays,
-    /// e.g. unroutable) go back when the scan ends.
-    async fn settle_copies(&mut self) -> anyhow::Result<()> {
-        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.copies)
-            .into_iter()
-            .partition(|(_, id)| self.settled.contains(id));
-        self.copies = waiting;
-        for (copy, _) in done {
-            ack(&copy).await?;
-        }
+        Progress::add(&progress.done, (taken.len() - put_back) as u64);
         Ok(())
     }
 
-    async fn close(self) {
-        if let Some(channel) = self.channel {
-            let _ = channel.close(200, "replay done".into()).await;
+    async fn commit_now(&self, letters: usize) -> anyhow::Result<()> {
+        match tokio::time::timeout(self.commit_timeout, self.channel.tx_commit()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::anyhow!(
+                "the batch of {letters} letter(s) was not committed ({e}): they stay dead-lettered, none was republished"
+            )),
+            Err(_) => Err(anyhow::anyhow!(
+                "RabbitMQ did not answer the commit of {letters} letter(s) within {:?} (a memory or disk alarm?): the batch is committed whole or not at all, never half",
+                self.commit_timeout
+            )),
         }
     }
 }
@@ -578,7 +540,7 @@ async fn ack(delivery: &Delivery) -> anyhow::Result<()> {
     match delivery.acker.ack(BasicAckOptions::default()).await {
         Ok(true) => Ok(()),
         Ok(false) | Err(_) => Err(anyhow::anyhow!(
-            "the dead-letter channel closed before a letter was acked: it was replayed and may also be back in the dead-letter queue"
+            "the dead-letter channel closed: the batch in progress was not committed, its letters stay dead-lettered"
         )),
     }
 }
