@@ -777,6 +777,110 @@ async fn redis_restarted_mid_stream() {
     fleet.cleanup().await;
 }
 
+/// A replay (issue 13) while the broker restarts: the replay fails when its connection
+/// goes; afterwards every letter is in exactly one of the two queues (a batch's republishes
+/// and acks are one transaction), and replaying the rest then delivering sends each event
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_under_a_broker_restart() {
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
+    use wxpush::dead_letters::{self, Action, Filter, Order, Progress, Queues};
+
+    let _serial = SERIAL.lock().await;
+    let n = scaled(3_000);
+    let mut app = TestApp::start("replay-restart").await;
+    let letters: Vec<_> = mixed_dead_letters(&app.prefix, n)
+        .into_iter()
+        .map(|l| (l.body, l.properties.with_delivery_mode(2)))
+        .collect();
+    app.fill_dead(&letters).await;
+    let replay_all = Order {
+        filter: Filter::default(),
+        action: Action::Replay,
+        limit: None,
+    };
+    let queues = Queues {
+        window: 8,
+        ..Queues::of(&app.config.amqp)
+    };
+    let progress = Arc::new(Progress::default());
+    let run = tokio::spawn({
+        let (progress, queues, order) = (progress.clone(), queues.clone(), replay_all.clone());
+        async move {
+            let connection = wxpush::broker::connect(AMQP_URL, "replay restart").await?;
+            dead_letters::run(
+                &connection,
+                &queues,
+                &order,
+                &progress,
+                &CancellationToken::new(),
+                |_| {},
+            )
+            .await
+        }
+    });
+    eventually("the replay under way", Duration::from_secs(30), || async {
+        (progress.snapshot().done >= 200).then_some(())
+    })
+    .await;
+    let rabbit = RabbitComesBack::stop_app().await;
+    let result = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the replay ends when the broker goes")
+        .unwrap();
+    let done = progress.snapshot().done as usize;
+    eprintln!("[replay-restart] {done} of {n} replayed when the broker stopped: {result:?}");
+    assert!(result.is_err() && done < n, "stopped mid-way");
+    rabbit.start_app().await;
+    app.reconnect().await;
+
+    let events = app.config.amqp.queue.clone();
+    let in_events = app.queue_len(&events).await as usize;
+    let in_dead = app.dead_len().await as usize;
+    let replayed: BTreeSet<String> = app
+        .drain_exactly(&events, in_events)
+        .await
+        .iter()
+        .filter_map(|d| body_id(&d.data))
+        .collect();
+    let dead: BTreeSet<String> = app.drain_dead_ids(in_dead).await.into_iter().collect();
+    assert_eq!(replayed.len(), in_events, "no id twice in the events queue");
+    assert_eq!(dead.len(), in_dead, "no id twice in the dead-letter queue");
+    let both: Vec<_> = replayed.intersection(&dead).collect();
+    assert!(both.is_empty(), "in both queues: {both:?}");
+    let all: BTreeSet<String> = replayed.union(&dead).cloned().collect();
+    let ids: BTreeSet<String> = letters.iter().filter_map(|(b, _)| body_id(b)).collect();
+    assert_eq!(all, ids, "nothing lost");
+
+    // Everything back to the dead-letter queue, replayed whole, delivered: each sent once.
+    app.fill_dead(&letters).await;
+    let connection = wxpush::broker::connect(AMQP_URL, "replay restart again")
+        .await
+        .unwrap();
+    let tally = dead_letters::run(
+        &connection,
+        &Queues {
+            window: 256,
+            ..queues
+        },
+        &replay_all,
+        &Progress::default(),
+        &CancellationToken::new(),
+        |_| {},
+    )
+    .await
+    .expect("the second replay runs");
+    let _ = connection.close(200, "done".into()).await;
+    assert_eq!(tally.done as usize, n);
+    let worker = app.worker().await;
+    let sends = app.sent(n).await;
+    assert_each_sent_once(&sends, n);
+    worker.shutdown().await.unwrap();
+    drop(rabbit);
+    app.cleanup().await;
+}
+
 // ----- 3. the emulator misbehaves -----
 
 /// Sends that hang until the worker's 1 s timeout: the answer never came, so the policy
