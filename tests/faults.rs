@@ -835,23 +835,8 @@ async fn replay_under_a_broker_restart() {
     rabbit.start_app().await;
     app.reconnect().await;
 
-    let events = app.config.amqp.queue.clone();
-    let in_events = app.queue_len(&events).await as usize;
-    let in_dead = app.dead_len().await as usize;
-    let replayed: BTreeSet<String> = app
-        .drain_exactly(&events, in_events)
-        .await
-        .iter()
-        .filter_map(|d| body_id(&d.data))
-        .collect();
-    let dead: BTreeSet<String> = app.drain_dead_ids(in_dead).await.into_iter().collect();
-    assert_eq!(replayed.len(), in_events, "no id twice in the events queue");
-    assert_eq!(dead.len(), in_dead, "no id twice in the dead-letter queue");
-    let both: Vec<_> = replayed.intersection(&dead).collect();
-    assert!(both.is_empty(), "in both queues: {both:?}");
-    let all: BTreeSet<String> = replayed.union(&dead).cloned().collect();
     let ids: BTreeSet<String> = letters.iter().filter_map(|(b, _)| body_id(b)).collect();
-    assert_eq!(all, ids, "nothing lost");
+    app.assert_each_in_one_queue(&ids).await;
 
     // Everything back to the dead-letter queue, replayed whole, delivered: each sent once.
     app.fill_dead(&letters).await;

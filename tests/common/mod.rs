@@ -3,6 +3,7 @@
 //! Nothing here sleeps to synchronise: helpers poll for the condition a test awaits.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -821,6 +822,41 @@ impl TestApp {
             .iter()
             .map(|d| body_id(&d.data).unwrap_or_default())
             .collect()
+    }
+}
+
+impl TestApp {
+    /// After an interrupted replay: takes every message off the events queue and the
+    /// dead-letter queue and checks each of `ids` is in exactly one of them (none lost, none
+    /// twice, none in both). Returns the ids found in the events queue.
+    pub async fn assert_each_in_one_queue(&self, ids: &BTreeSet<String>) -> BTreeSet<String> {
+        let events = self.config.amqp.queue.clone();
+        let in_events = self.queue_len(&events).await as usize;
+        let in_dead = self.dead_len().await as usize;
+        let replayed: Vec<String> = self
+            .drain_exactly(&events, in_events)
+            .await
+            .iter()
+            .filter_map(|d| body_id(&d.data))
+            .collect();
+        let dead = self.drain_dead_ids(in_dead).await;
+        let replayed_set: BTreeSet<String> = replayed.iter().cloned().collect();
+        let dead_set: BTreeSet<String> = dead.iter().cloned().collect();
+        assert_eq!(
+            replayed_set.len(),
+            replayed.len(),
+            "an id twice in the events queue"
+        );
+        assert_eq!(
+            dead_set.len(),
+            dead.len(),
+            "an id twice in the dead-letter queue"
+        );
+        let both: Vec<_> = replayed_set.intersection(&dead_set).collect();
+        assert!(both.is_empty(), "in both queues: {both:?}");
+        let all: BTreeSet<String> = replayed_set.union(&dead_set).cloned().collect();
+        assert_eq!(&all, ids, "nothing lost");
+        replayed_set
     }
 }
 
