@@ -150,6 +150,21 @@ async fn console_page(
     (status, csrf, html)
 }
 
+/// A JSON `POST` with the session cookie and, if given, its CSRF token (no bearer token).
+async fn post_with_cookie(
+    client: &reqwest::Client,
+    url: String,
+    cookie: &str,
+    csrf: Option<&str>,
+    body: &Value,
+) -> reqwest::Response {
+    let mut request = client.post(url).header("cookie", cookie).json(body);
+    if let Some(csrf) = csrf {
+        request = request.header("x-csrf-token", csrf);
+    }
+    request.send().await.unwrap()
+}
+
 /// The status of `GET /api/queues` with the session cookie (no bearer token).
 async fn api_with_cookie(client: &reqwest::Client, base: &str, cookie: &str) -> u16 {
     let answer = get_with_cookie(client, base, "/api/queues", cookie).await;
@@ -191,7 +206,8 @@ async fn a_console_session_works_on_every_worker_until_logout_or_expiry() {
     let app = TestApp::start("api-replicas").await;
     // Two replicas of one deployment: same config, same Redis and key prefix.
     let (one, two) = (worker_with_token(&app).await, worker_with_token(&app).await);
-    let (a, b) = (Admin::of(&one).base, Admin::of(&two).base);
+    let (admin_a, admin_b) = (Admin::of(&one), Admin::of(&two));
+    let (a, b) = (admin_a.base.clone(), admin_b.base.clone());
     let client = no_redirects();
     let mut redis = redis_conn(&app.config.redis).await;
 
@@ -214,25 +230,34 @@ async fn a_console_session_works_on_every_worker_until_logout_or_expiry() {
     let id = cookie.strip_prefix("wxpush_session=").unwrap();
     assert!(!key.contains(id), "the key names a digest, not the id");
 
+    // A has a job of its own (the first of each worker).
+    let (status, _) = admin_a.post("/api/replay", json!({"dry_run": true})).await;
+    assert_eq!(status, 200);
+
     // The other worker knows the session: its pages, and a state change with the token.
     let (status, other_csrf, _) = console_page(&client, &b, "/dead", &cookie).await;
     assert_eq!((status, other_csrf.as_deref()), (200, Some(csrf.as_str())));
-    let dry = client
-        .post(format!("{b}/api/replay"))
-        .header("cookie", &cookie)
-        .header("x-csrf-token", &csrf)
-        .json(&json!({"dry_run": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(dry.status().as_u16(), 200, "{:?}", dry.text().await);
-    let no_token = client
-        .post(format!("{b}/api/replay"))
-        .header("cookie", &cookie)
-        .json(&json!({"dry_run": true}))
-        .send()
-        .await
-        .unwrap();
+    let dry_run = json!({"dry_run": true});
+    let dry = post_with_cookie(
+        &client,
+        format!("{b}/api/replay"),
+        &cookie,
+        Some(&csrf),
+        &dry_run,
+    )
+    .await;
+    assert_eq!(dry.status().as_u16(), 200);
+    // Its job is B's: A, asked for that job, has none (not its own first job numbered alike).
+    let job = dry.json::<Value>().await.unwrap()["job"].clone();
+    let (on_b, _) = admin_b
+        .get(&format!("/api/jobs/{}", job.as_str().unwrap()))
+        .await;
+    let (on_a, _) = admin_a
+        .get(&format!("/api/jobs/{}", job.as_str().unwrap()))
+        .await;
+    assert_eq!((on_b, on_a), (200, 404), "job {job}");
+    let no_token =
+        post_with_cookie(&client, format!("{b}/api/replay"), &cookie, None, &dry_run).await;
     assert_eq!(
         no_token.status().as_u16(),
         403,
@@ -337,13 +362,9 @@ async fn the_api_refuses_without_the_token_and_a_session_without_its_csrf_token(
         .await
         .unwrap();
     assert_eq!(read.status().as_u16(), 200);
-    let refused = client
-        .post(format!("{}/api/purge", admin.base))
-        .header("cookie", &session)
-        .json(&json!({"confirm": true}))
-        .send()
-        .await
-        .unwrap();
+    let purge = json!({"confirm": true});
+    let url = format!("{}/api/purge", admin.base);
+    let refused = post_with_cookie(&client, url, &session, None, &purge).await;
     assert_eq!(refused.status().as_u16(), 403);
     let body: Value = refused.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("CSRF"), "{body}");

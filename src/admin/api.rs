@@ -358,7 +358,7 @@ async fn job(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
         Some(job) => Json(job.json()).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
-            format!("no job `{id}` in this process"),
+            format!("no job `{id}` on this worker (a job is followed on the worker that runs it)"),
         ),
     }
 }
@@ -372,7 +372,7 @@ async fn cancel(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response
         }
         None => error(
             StatusCode::NOT_FOUND,
-            format!("no job `{id}` in this process"),
+            format!("no job `{id}` on this worker (a job is followed on the worker that runs it)"),
         ),
     }
 }

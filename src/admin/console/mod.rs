@@ -727,7 +727,7 @@ async fn job(
             "Dead letters",
             &csrf,
             None,
-            html! { p.notice.error { "No job " (id) " in this process." } },
+            html! { p.notice.error { "No job " (id) " on this worker. A job's progress is kept by the worker that runs it: behind a load balancer this page may have reached another one (the job runs on regardless; the counts on the dead letters page show its effect)." } },
         )
         .into_response();
     };
