@@ -1,6 +1,7 @@
 //! The admin JSON API against a real worker, RabbitMQ and Redis: 401 without the token,
 //! 403 for a console session's state-changing call without its CSRF token, a console
 //! session used on a second worker (sessions live in Redis) until a logout or its expiry,
+//! 503 naming Redis for a session while Redis is down (the bearer token still works),
 //! dead-letter filters and groups, the age filter (API and console forms), a dry run, a
 //! purge (only with `"confirm": true`), two replays of the same filter at once (no letter
 //! replayed twice), background jobs, apps and grants.
@@ -19,10 +20,16 @@ const TOKEN_ENV: &str = "WXPUSH_TEST_ADMIN_TOKEN_API";
 const TOKEN: &str = "test-admin-token-api-7c1e";
 
 async fn worker_with_token(app: &TestApp) -> Worker {
+    worker_with_token_and(app, |_| {}).await
+}
+
+/// A worker with the admin token, its config changed by `tweak`.
+async fn worker_with_token_and(app: &TestApp, tweak: impl FnOnce(&mut Config)) -> Worker {
     // SAFETY: every test in this process sets the same value.
     unsafe { std::env::set_var(TOKEN_ENV, TOKEN) };
     let mut config = app.config.clone();
     config.admin.token_env = Some(TOKEN_ENV.into());
+    tweak(&mut config);
     Worker::start(config).await.expect("worker starts")
 }
 
@@ -104,15 +111,14 @@ fn no_redirects() -> reqwest::Client {
         .unwrap()
 }
 
+/// The answer to a console login with `password`.
+async fn login_answer(client: &reqwest::Client, url: String, password: &str) -> reqwest::Response {
+    post_form(client, url, None, &[("password", password)]).await
+}
+
 /// Logs in to the console at `base`: the session cookie (`wxpush_session=…`).
 async fn log_in(client: &reqwest::Client, base: &str) -> String {
-    let login = post_form(
-        client,
-        format!("{base}/login"),
-        None,
-        &[("password", TOKEN)],
-    )
-    .await;
+    let login = login_answer(client, format!("{base}/login"), TOKEN).await;
     assert_eq!(login.status().as_u16(), 303, "login accepted");
     let cookie = login.headers()["set-cookie"].to_str().unwrap();
     cookie.split(';').next().unwrap().to_owned()
@@ -332,21 +338,9 @@ async fn the_api_refuses_without_the_token_and_a_session_without_its_csrf_token(
     assert_eq!(r.status().as_u16(), 401);
 
     // A console login: a wrong token is refused, the right one sets the cookie.
-    let wrong = post_form(
-        &client,
-        format!("{}/login", admin.base),
-        None,
-        &[("password", "nope")],
-    )
-    .await;
+    let wrong = login_answer(&client, format!("{}/login", admin.base), "nope").await;
     assert_eq!(wrong.status().as_u16(), 401);
-    let login = post_form(
-        &client,
-        format!("{}/login", admin.base),
-        None,
-        &[("password", TOKEN)],
-    )
-    .await;
+    let login = login_answer(&client, format!("{}/login", admin.base), TOKEN).await;
     assert_eq!(login.status().as_u16(), 303);
     let cookie = login.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(
@@ -471,6 +465,41 @@ async fn filters_groups_dry_run_and_purge() {
     assert_eq!(to, BTreeSet::from([openid(0), openid(1)]));
     let (status, bad) = admin.post("/api/replay", json!({"errcodes": [1]})).await;
     assert_eq!(status, 400, "{bad}");
+    worker.shutdown().await.unwrap();
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn without_redis_the_console_answers_503_naming_it_and_the_bearer_token_still_works() {
+    let app = TestApp::start("api-no-redis").await;
+    // Nothing listens on port 1: every Redis call fails.
+    let worker = worker_with_token_and(&app, |config| {
+        use_redis(&mut config.redis, RedisMode::Single);
+        config.redis.url = "redis://127.0.0.1:1".into();
+    })
+    .await;
+    let admin = Admin::of(&worker);
+    let client = no_redirects();
+    let redis_named = |text: &str| text.contains("Redis is unavailable");
+
+    let login = login_answer(&client, format!("{}/login", admin.base), TOKEN).await;
+    assert_eq!(login.status().as_u16(), 503);
+    assert!(redis_named(&login.text().await.unwrap()));
+    let cookie = "wxpush_session=0123456789abcdef";
+    let (status, _, page) = console_page(&client, &admin.base, "/dead", cookie).await;
+    assert_eq!(status, 503);
+    assert!(redis_named(&page), "{page}");
+    let api = get_with_cookie(&client, &admin.base, "/api/queues", cookie).await;
+    assert_eq!(api.status().as_u16(), 503);
+    let body: Value = api.json().await.unwrap();
+    assert!(redis_named(body["error"].as_str().unwrap()), "{body}");
+
+    // Without a cookie Redis is not asked: the login form, and the bearer-token API.
+    let page = get_with_cookie(&client, &admin.base, "/", "").await;
+    assert_eq!(page.status().as_u16(), 303);
+    let (status, queues) = admin.get("/api/queues").await;
+    assert_eq!(status, 200, "{queues}");
+    assert_eq!(queues["queues"][0]["label"], "events");
     worker.shutdown().await.unwrap();
     app.cleanup().await;
 }

@@ -4,14 +4,16 @@
 //!
 //! Login takes the admin token in a password field and opens a session (`auth::Sessions`,
 //! kept in Redis so every worker behind a load balancer knows it): an HttpOnly,
-//! SameSite=Strict cookie; while Redis fails, console pages answer 503 naming it. Every form that changes something carries the
-//! session's CSRF token and is refused (403) without it. Without a configured token the
-//! console is open only on a loopback listener; elsewhere it is off.
+//! SameSite=Strict cookie; while Redis fails, console pages answer 503 naming it. Every
+//! form that changes something carries the session's CSRF token and is refused (403)
+//! without it. Without a configured token the console is open only on a loopback listener;
+//! elsewhere it is off.
 //!
 //! Pages: overview (rates, in flight, queue depths, apps), dead letters (groups, a list
-//! filtered by cause and age, one letter), replay and purge (a dry-run count first, then a job with live
-//! progress), event lookup, a user's grants. Everything they show or do comes from
-//! `admin::ops`, as the JSON API's does.
+//! filtered by cause and age, one letter), replay and purge (a dry-run count first, then a
+//! job with live progress), event lookup, a user's grants. Everything they show or do
+//! comes from `admin::ops`, as the JSON API's does. Every column table is built by
+//! [`table`].
 
 pub mod rates;
 
@@ -402,9 +404,9 @@ fn group_query(g: &ops::Group, q: &DeadQuery) -> String {
     format!(
         "errcode={}&class={}&app={}&type={}&older_than={}&newer_than={}",
         g.errcode.map(|c| c.to_string()).unwrap_or_default(),
-        enc(g.class.as_deref().unwrap_or_default()),
-        enc(g.app.as_deref().unwrap_or_default()),
-        enc(g.kind.as_deref().unwrap_or_default()),
+        v(&g.class),
+        v(&g.app),
+        v(&g.kind),
         v(&q.older_than),
         v(&q.newer_than),
     )
