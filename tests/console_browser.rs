@@ -1,8 +1,8 @@
 //! The operator console in a real browser: headless Chromium driven over WebDriver
 //! (fantoccini + chromedriver, Debian's `chromium` and `chromium-driver`, which
 //! `scripts/test.sh` installs). Logs in, sees the dead letters grouped by errcode, opens one,
-//! replays a filter after its dry run, watches the emulator receive the sends, looks an
-//! event up by id, and opens a user's grants.
+//! filters them by age, replays a filter after its dry run, watches the emulator receive the
+//! sends, looks an event up by id, and opens a user's grants.
 //!
 //! With `WXPUSH_CONSOLE_SCREENSHOTS=docs/console` it saves one PNG per page there (the
 //! README's screenshots come from this run):
@@ -104,6 +104,20 @@ async fn text(c: &Client, css: &str) -> String {
         .unwrap()
 }
 
+/// Clicks the element `css` selects.
+async fn click(c: &Client, css: &str) {
+    let element = c.find(Locator::Css(css)).await;
+    let element = element.unwrap_or_else(|e| panic!("no `{css}` to click: {e}"));
+    element.click().await.unwrap();
+}
+
+/// Types `keys` into the field `css` selects.
+async fn type_into(c: &Client, css: &str, keys: &str) {
+    let element = c.find(Locator::Css(css)).await;
+    let element = element.unwrap_or_else(|e| panic!("no `{css}` to type into: {e}"));
+    element.send_keys(keys).await.unwrap();
+}
+
 #[tokio::test]
 async fn log_in_see_replay_and_look_up_in_a_real_browser() {
     let driver = start_driver();
@@ -123,12 +137,7 @@ async fn log_in_see_replay_and_look_up_in_a_real_browser() {
     let password = c.find(Locator::Css("input[type=password]")).await.unwrap();
     shot(&c, "login").await;
     password.send_keys("wrong").await.unwrap();
-    c.find(Locator::Css("form.login button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "form.login button").await;
     assert!(
         text(&c, ".notice.error")
             .await
@@ -136,12 +145,7 @@ async fn log_in_see_replay_and_look_up_in_a_real_browser() {
     );
     let password = c.find(Locator::Css("input[type=password]")).await.unwrap();
     password.send_keys(TOKEN).await.unwrap();
-    c.find(Locator::Css("form.login button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "form.login button").await;
 
     // The overview: queues and apps.
     let overview = text(&c, "main").await;
@@ -165,16 +169,34 @@ async fn log_in_see_replay_and_look_up_in_a_real_browser() {
     shot(&c, "dead-letters").await;
 
     // One letter: its headers and body.
-    c.find(Locator::Css("#letters tbody tr:first-child td.mono a"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#letters tbody tr:first-child td.mono a").await;
     let body = text(&c, "#body").await;
     assert!(body.contains(&letters[0].id), "{body}");
     assert!(text(&c, "#headers").await.contains("x-wxpush-errcode"));
     shot(&c, "dead-letter").await;
+
+    // The age filter: every letter died an hour ago, so none is older than two hours.
+    c.goto(&format!("{base}/dead")).await.unwrap();
+    type_into(&c, "input[name=older_than]", "2h").await;
+    click(&c, "form.inline button[type=submit]").await;
+    assert!(
+        text(&c, "main p.muted")
+            .await
+            .starts_with("0 matching of 30")
+    );
+    type_into(&c, "input[name=newer_than]", "2h").await;
+    c.find(Locator::Css("input[name=older_than]"))
+        .await
+        .unwrap()
+        .clear()
+        .await
+        .unwrap();
+    click(&c, "form.inline button[type=submit]").await;
+    assert!(
+        text(&c, "main p.muted")
+            .await
+            .starts_with("30 matching of 30")
+    );
 
     // Replay errcode -1: the group's link filters, the dry run counts, then the job runs.
     c.goto(&format!("{base}/dead")).await.unwrap();
@@ -187,21 +209,11 @@ async fn log_in_see_replay_and_look_up_in_a_real_browser() {
     .await
     .unwrap();
     assert!(text(&c, "main p.muted").await.starts_with("9 matching"));
-    c.find(Locator::Css("#replay-filter"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#replay-filter").await;
     assert_eq!(text(&c, "#matched").await, "9");
     assert_eq!(app.dead_len().await, 30, "a dry run changes nothing");
     shot(&c, "replay-dry-run").await;
-    c.find(Locator::Css("#run"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#run").await;
     // The job's page refreshes itself until it is done.
     eventually("the replay job done", Duration::from_secs(30), || async {
         let state = c
@@ -230,18 +242,8 @@ async fn log_in_see_replay_and_look_up_in_a_real_browser() {
     // Look one up by id: its delivery record says sent, with WeChat's msgid.
     c.goto(&format!("{base}/events")).await.unwrap();
     let id = &replayed[0].id;
-    c.find(Locator::Css("#event-id"))
-        .await
-        .unwrap()
-        .send_keys(id)
-        .await
-        .unwrap();
-    c.find(Locator::Css("#lookup"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&c, "#event-id", id).await;
+    click(&c, "#lookup").await;
     let record = eventually("the record says sent", Duration::from_secs(20), || async {
         c.refresh().await.ok()?;
         let record = c

@@ -1,10 +1,11 @@
 //! The admin JSON API under `/api/` on `admin.listen`, guarded by [`super::auth`] (bearer
 //! token, or the console's session with its CSRF token); documented in `docs/api.md`:
-//! - `GET /api/dead?errcode=&class=&type=&app=&id=&limit=`: matching dead letters and their
-//!   groups; `GET /api/dead/{id}`: one letter (`%23N` for the N-th) with headers and body;
-//! - `POST /api/replay`, `POST /api/purge`: by filter or ids; a dry run counts; `"background":
-//!   true` answers at once with a job, followed at `GET /api/jobs/{id}` (`POST
-//!   /api/jobs/{id}/cancel` stops it);
+//! - `GET /api/dead?errcode=&class=&type=&app=&id=&older_than=&newer_than=&limit=`:
+//!   matching dead letters and their groups; `GET /api/dead/{id}`: one letter (`%23N` for
+//!   the N-th) with headers and body;
+//! - `POST /api/replay`, `POST /api/purge`: by filter (`older_than`/`newer_than` included)
+//!   or ids; a dry run counts; `"background": true` answers at once with a job, followed at
+//!   `GET /api/jobs/{id}` (`POST /api/jobs/{id}/cancel` stops it);
 //! - `GET /api/events/{id}`: an event's delivery record; `GET /api/grants/{openid}?app=`;
 //! - `GET /api/apps`: token age and fingerprint, parked and why, grants known;
 //! - `GET /api/queues`: queue depths.
@@ -44,9 +45,9 @@ impl Api {
     pub fn new(access: Access, ctx: Arc<Ctx>) -> Api {
         Api {
             access,
+            sessions: Sessions::new(ctx.hot_path.clone(), ctx.keys.clone()),
             ctx,
             jobs: Jobs::default(),
-            sessions: Sessions::default(),
         }
     }
 }
@@ -73,6 +74,7 @@ async fn authenticate(State(api): State<Arc<Api>>, request: Request, next: Next)
     match api
         .access
         .authorize(&api.sessions, request.method(), request.headers())
+        .await
     {
         Ok(()) => next.run(request).await,
         Err((status, reason)) => {
@@ -123,6 +125,10 @@ pub struct DeadQuery {
     pub kind: Option<String>,
     pub app: Option<String>,
     pub id: Option<String>,
+    /// Dead for at least this long (on `x-wxpush-dead-at`), e.g. `2h`.
+    pub older_than: Option<String>,
+    /// Dead for less than this long, e.g. `30m`.
+    pub newer_than: Option<String>,
     pub limit: Option<String>,
 }
 
@@ -149,7 +155,8 @@ impl DeadQuery {
             types: one(&self.kind),
             apps: one(&self.app),
             ids: one(&self.id),
-            ..Filter::default()
+            older_than: age("older_than", &self.older_than)?,
+            newer_than: age("newer_than", &self.newer_than)?,
         })
     }
 
@@ -167,6 +174,17 @@ impl DeadQuery {
                 .map(|n| n.min(ops::MAX_LISTED))
                 .map_err(|_| format!("limit `{l}` is not a count (e.g. limit=50)")),
         }
+    }
+}
+
+/// An age criterion (`older_than`, `newer_than`): a duration as the CLI takes it (`90s`,
+/// `10m`, `2h`, `3days`); empty means "any".
+fn age(name: &str, value: &Option<String>) -> Result<Option<std::time::Duration>, String> {
+    match value.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(v) => humantime::parse_duration(v).map(Some).map_err(|e| {
+            format!("{name} `{v}` is not a duration ({e}); write e.g. {name}=10m, 2h or 3days")
+        }),
     }
 }
 
@@ -345,7 +363,7 @@ async fn job(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
         Some(job) => Json(job.json()).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
-            format!("no job `{id}` in this process"),
+            format!("no job `{id}` on this worker (a job is followed on the worker that runs it)"),
         ),
     }
 }
@@ -359,7 +377,7 @@ async fn cancel(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response
         }
         None => error(
             StatusCode::NOT_FOUND,
-            format!("no job `{id}` in this process"),
+            format!("no job `{id}` on this worker (a job is followed on the worker that runs it)"),
         ),
     }
 }

@@ -4,27 +4,33 @@
 //! loopback listener, where only this machine can reach them; on any other listener they
 //! are off.
 //!
-//! A console session is a random id in an HttpOnly, SameSite=Strict cookie, kept in memory
-//! for [`SESSION_TTL`]; each has a CSRF token of its own, which every state-changing request
-//! made with the cookie must carry (a form field, or the `X-CSRF-Token` header): 403
-//! without it. Bearer-token calls need none (a browser never adds that header by itself).
-
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+//! A console session is a random id in an HttpOnly, SameSite=Strict cookie, kept in Redis
+//! (the worker's, under `redis.key_prefix`) for [`SESSION_TTL`], so every replica behind a
+//! load balancer knows it: no session affinity needed. Each has a CSRF token of its own,
+//! which every state-changing request made with the cookie must carry (a form field, or the
+//! `X-CSRF-Token` header): 403 without it. Bearer-token calls need none (a browser never
+//! adds that header by itself), and they never touch Redis, so they keep working while
+//! Redis is down; a request with the cookie then gets a 503 naming Redis.
 
 use axum::http::{HeaderMap, Method, StatusCode, header};
+use deadpool_redis::redis;
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
+
+use crate::store::{HotPath, Keys, StoreError};
+use crate::telemetry::ErrorChain;
 
 /// The console's session cookie.
 pub const COOKIE: &str = "wxpush_session";
 /// How long a console session lasts after login.
-pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+pub const SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
 /// The header a cookie-authenticated API call carries its CSRF token in.
 pub const CSRF_HEADER: &str = "x-csrf-token";
-/// Sessions kept at most; the oldest goes first (logins are rare; this bounds memory).
-const MAX_SESSIONS: usize = 10_000;
+/// What a request with the session cookie is told while Redis, where sessions live, fails.
+pub const REDIS_DOWN: &str = "Redis is unavailable, and console sessions are kept there: try again once it is back (the /readyz page says when), or call the API with the bearer token (Authorization: Bearer <admin token>), which needs no Redis";
+
+/// A refused request: the status and why (also logged).
+pub type Refusal = (StatusCode, &'static str);
 
 /// A random token: 244 bits from the OS's generator (two v4 UUIDs), hex.
 fn random_token() -> String {
@@ -35,53 +41,75 @@ fn random_token() -> String {
     )
 }
 
-/// Open console sessions: id → (CSRF token, expiry).
-#[derive(Default)]
+/// Open console sessions, in Redis: one key each, `{prefix}:console:session:<SHA-1 of the
+/// id, hex>`, holding the session's CSRF token and expiring after [`SESSION_TTL`]. The key
+/// names a digest of the id, not the id, so whoever can read Redis still cannot present a
+/// session's cookie. One key per command: fine in every `redis.mode`, a cluster included.
+#[derive(Clone)]
 pub struct Sessions {
-    open: Mutex<HashMap<String, (String, Instant)>>,
+    redis: HotPath,
+    keys: Keys,
 }
 
 impl Sessions {
+    pub fn new(redis: HotPath, keys: Keys) -> Sessions {
+        Sessions { redis, keys }
+    }
+
+    fn key(&self, id: &str) -> String {
+        use sha1::Digest;
+        let digest = sha1::Sha1::digest(id.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        self.keys.console_session(&hex)
+    }
+
     /// Opens a session; returns its id (for the cookie).
-    pub fn open(&self) -> String {
-        let id = random_token();
-        let now = Instant::now();
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.retain(|_, (_, expires)| *expires > now);
-        if open.len() >= MAX_SESSIONS
-            && let Some(oldest) = open
-                .iter()
-                .min_by_key(|(_, (_, e))| *e)
-                .map(|(k, _)| k.clone())
-        {
-            open.remove(&oldest);
-        }
-        open.insert(id.clone(), (random_token(), now + SESSION_TTL));
-        id
+    pub async fn open(&self) -> Result<String, StoreError> {
+        let (id, csrf) = (random_token(), random_token());
+        let key = self.key(&id);
+        self.redis
+            .run("console session open", async |c| {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&csrf)
+                    .arg("EX")
+                    .arg(SESSION_TTL.as_secs())
+                    .query_async::<()>(c)
+                    .await
+            })
+            .await?;
+        Ok(id)
     }
 
-    /// The CSRF token of the session the request's cookie names, if it is open.
-    pub fn csrf(&self, headers: &HeaderMap) -> Option<String> {
-        let id = session_id(headers)?;
-        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        // Constant time over the candidates would not hide more than the map lookup does;
-        // the id is 244 random bits, which is what protects it.
-        open.get(id)
-            .filter(|(_, expires)| *expires > Instant::now())
-            .map(|(csrf, _)| csrf.clone())
+    /// The CSRF token of the session the request's cookie names, if it is open (`None`
+    /// without a cookie: then Redis is not asked).
+    pub async fn csrf(&self, headers: &HeaderMap) -> Result<Option<String>, StoreError> {
+        let Some(id) = session_id(headers) else {
+            return Ok(None);
+        };
+        let key = self.key(id);
+        self.redis
+            .run("console session read", async |c| {
+                redis::cmd("GET").arg(&key).query_async(c).await
+            })
+            .await
     }
 
-    pub fn close(&self, headers: &HeaderMap) {
-        if let Some(id) = session_id(headers) {
-            self.open
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(id);
-        }
+    /// Ends the session the request's cookie names, on every replica.
+    pub async fn close(&self, headers: &HeaderMap) -> Result<(), StoreError> {
+        let Some(id) = session_id(headers) else {
+            return Ok(());
+        };
+        let key = self.key(id);
+        self.redis
+            .run("console session close", async |c| {
+                redis::cmd("DEL").arg(&key).query_async::<()>(c).await
+            })
+            .await
     }
 }
 
-/// The session id in the request's cookie.
+/// The session id in the request's cookie (an empty one is none).
 fn session_id(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
@@ -89,6 +117,13 @@ fn session_id(headers: &HeaderMap) -> Option<&str> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .find_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .filter(|id| !id.is_empty())
+}
+
+/// Logs a failed session lookup and says what the request is answered.
+pub fn redis_down(e: &StoreError) -> Refusal {
+    tracing::warn!(error = %ErrorChain(e), "console session: Redis unavailable");
+    (StatusCode::SERVICE_UNAVAILABLE, REDIS_DOWN)
 }
 
 /// The `Set-Cookie` value for a new session (`Secure` when the request came over HTTPS
@@ -152,19 +187,32 @@ impl Access {
 
     /// `Ok` when an API request may go on: a bearer token when it carries one, else a
     /// console session (with its CSRF token when it changes state), else the loopback rule.
-    pub fn authorize(
+    /// Redis is asked only for a request with the session cookie.
+    pub async fn authorize(
         &self,
         sessions: &Sessions,
         method: &Method,
         headers: &HeaderMap,
-    ) -> Result<(), (StatusCode, &'static str)> {
+    ) -> Result<(), Refusal> {
         if matches!(self, Access::Off) || headers.contains_key(header::AUTHORIZATION) {
             return self.check(headers);
         }
-        match sessions.csrf(headers) {
+        let csrf = sessions.csrf(headers).await.map_err(|e| redis_down(&e))?;
+        self.with_session(csrf.as_deref(), method, headers)
+    }
+
+    /// [`Access::authorize`] once the session is known: `csrf` is the CSRF token of the
+    /// request's open session, if it has one.
+    fn with_session(
+        &self,
+        csrf: Option<&str>,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Result<(), Refusal> {
+        match csrf {
             Some(csrf) if changes_state(method) => {
                 let given = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
-                if csrf_ok(&csrf, given) {
+                if csrf_ok(csrf, given) {
                     Ok(())
                 } else {
                     Err((
@@ -179,7 +227,7 @@ impl Access {
     }
 
     /// `Ok` when the request may go on; else the status and the reason (also logged).
-    pub fn check(&self, headers: &HeaderMap) -> Result<(), (StatusCode, &'static str)> {
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), Refusal> {
         match self {
             Access::LoopbackOnly => Ok(()),
             Access::Off => Err((
@@ -241,23 +289,68 @@ mod tests {
             Some(SecretString::from("s3cret")),
             "0.0.0.0:9464".parse().unwrap(),
         );
-        let sessions = Sessions::default();
-        let id = sessions.open();
         let mut headers = HeaderMap::new();
-        headers.insert(
-            header::COOKIE,
-            format!("a=b; {COOKIE}={id}").parse().unwrap(),
-        );
-        let csrf = sessions.csrf(&headers).expect("open");
-        assert!(access.authorize(&sessions, &Method::GET, &headers).is_ok());
-        let refused = access.authorize(&sessions, &Method::POST, &headers);
+        let csrf = Some("the-csrf-token");
+        assert!(access.with_session(csrf, &Method::GET, &headers).is_ok());
+        let refused = access.with_session(csrf, &Method::POST, &headers);
         assert_eq!(refused.unwrap_err().0, StatusCode::FORBIDDEN);
-        headers.insert(CSRF_HEADER, csrf.parse().unwrap());
-        assert!(access.authorize(&sessions, &Method::POST, &headers).is_ok());
-        sessions.close(&headers);
-        let closed = access.authorize(&sessions, &Method::GET, &headers);
+        headers.insert(CSRF_HEADER, "the-csrf-token".parse().unwrap());
+        assert!(access.with_session(csrf, &Method::POST, &headers).is_ok());
+        let closed = access.with_session(None, &Method::GET, &headers);
         assert_eq!(closed.unwrap_err().0, StatusCode::UNAUTHORIZED);
         assert!(access.password_ok("s3cret") && !access.password_ok("s3cre"));
+    }
+
+    #[test]
+    fn the_session_id_comes_from_its_cookie() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(session_id(&headers), None);
+        headers.insert(
+            header::COOKIE,
+            format!("a=b; {COOKIE}=abc; c=d").parse().unwrap(),
+        );
+        assert_eq!(session_id(&headers), Some("abc"));
+        headers.insert(header::COOKIE, format!("{COOKIE}=").parse().unwrap());
+        assert_eq!(
+            session_id(&headers),
+            None,
+            "a cleared cookie names no session"
+        );
+    }
+
+    /// Sessions on a Redis that is not there: nothing listens on port 1.
+    fn sessions_without_redis() -> Sessions {
+        let config = crate::config::RedisConfig {
+            url: "redis://127.0.0.1:1".into(),
+            ..crate::config::RedisConfig::default()
+        };
+        Sessions::new(HotPath::new(&config).unwrap(), Keys::new("t-auth"))
+    }
+
+    #[tokio::test]
+    async fn without_redis_a_session_is_refused_with_503_and_the_bearer_token_still_works() {
+        let access = Access::new(
+            Some(SecretString::from("s3cret")),
+            "0.0.0.0:9464".parse().unwrap(),
+        );
+        let sessions = sessions_without_redis();
+        let opened = sessions.open().await;
+        assert!(opened.unwrap_err().to_string().contains("Redis"));
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, format!("{COOKIE}=abc").parse().unwrap());
+        let (status, why) = access
+            .authorize(&sessions, &Method::GET, &headers)
+            .await
+            .unwrap_err();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(why.contains("Redis is unavailable"), "{why}");
+        headers.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+        let bearer = access.authorize(&sessions, &Method::POST, &headers).await;
+        assert!(bearer.is_ok(), "{bearer:?}");
+        let neither = access
+            .authorize(&sessions, &Method::GET, &HeaderMap::new())
+            .await;
+        assert_eq!(neither.unwrap_err().0, StatusCode::UNAUTHORIZED);
     }
 
     #[test]

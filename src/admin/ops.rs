@@ -413,10 +413,22 @@ impl Job {
 }
 
 /// The jobs of this process (in memory; the last [`Jobs::KEPT`] are kept).
-#[derive(Default)]
 pub struct Jobs {
     next: AtomicU64,
     jobs: Mutex<HashMap<u64, Arc<Job>>>,
+}
+
+impl Default for Jobs {
+    /// Numbers its jobs on from a random thousand, so that behind a load balancer a job's
+    /// page landing on another worker finds no job rather than that worker's job of the
+    /// same number (jobs are per process; sessions are not).
+    fn default() -> Jobs {
+        let block = uuid::Uuid::new_v4().as_u64_pair().0 % 1_000_000;
+        Jobs {
+            next: AtomicU64::new(block * 1000),
+            jobs: Mutex::default(),
+        }
+    }
 }
 
 impl Jobs {

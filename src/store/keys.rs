@@ -91,6 +91,12 @@ impl Keys {
         format!("{}:msg-event:{{{app}:{msgid}}}", self.prefix)
     }
 
+    /// A console session (see `admin::auth::Sessions`): `digest` is the hex SHA-1 of the
+    /// session id, never the id itself; the value is the session's CSRF token.
+    pub fn console_session(&self, digest: &str) -> String {
+        format!("{}:console:session:{digest}", self.prefix)
+    }
+
     /// Hash with the final delivery result WeChat pushed for a sent message (see
     /// `store::delivery_result`).
     pub fn msg_result(&self, app: &str, msgid: &str) -> String {

@@ -2,15 +2,18 @@
 //! embedded stylesheet, readable without JavaScript (a running job's page refreshes itself
 //! with a `<meta refresh>`).
 //!
-//! Login takes the admin token in a password field and opens a session (`auth::Sessions`):
-//! an HttpOnly, SameSite=Strict cookie. Every form that changes something carries the
-//! session's CSRF token and is refused (403) without it. Without a configured token the
-//! console is open only on a loopback listener; elsewhere it is off.
+//! Login takes the admin token in a password field and opens a session (`auth::Sessions`,
+//! kept in Redis so every worker behind a load balancer knows it): an HttpOnly,
+//! SameSite=Strict cookie; while Redis fails, console pages answer 503 naming it. Every
+//! form that changes something carries the session's CSRF token and is refused (403)
+//! without it. Without a configured token the console is open only on a loopback listener;
+//! elsewhere it is off.
 //!
-//! Pages: overview (rates, in flight, queue depths, apps), dead letters (groups, filtered
-//! list, one letter), replay and purge (a dry-run count first, then a job with live
-//! progress), event lookup, a user's grants. Everything they show or do comes from
-//! `admin::ops`, as the JSON API's does.
+//! Pages: overview (rates, in flight, queue depths, apps), dead letters (groups, a list
+//! filtered by cause and age, one letter), replay and purge (a dry-run count first, then a
+//! job with live progress), event lookup, a user's grants. Everything they show or do
+//! comes from `admin::ops`, as the JSON API's does. Every column table is built by
+//! [`table`].
 
 pub mod rates;
 
@@ -18,7 +21,8 @@ use std::sync::Arc;
 
 use axum::Form;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -29,7 +33,7 @@ use super::api::{Api, DeadQuery};
 use super::auth::{self, Access};
 use super::ops;
 use crate::dead_letters::{Action, Filter};
-use crate::store::event_record;
+use crate::store::{StoreError, event_record};
 
 const CSS: &str = include_str!("style.css");
 
@@ -76,23 +80,37 @@ async fn css() -> Response {
         .into_response()
 }
 
+/// The CSRF token of the request's open console session. Extracting it refuses the request
+/// when there is none: a redirect to the login form, or a page saying why (console off,
+/// Redis unavailable).
+struct Session(String);
+
+impl FromRequestParts<Arc<Console>> for Session {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, c: &Arc<Console>) -> Result<Self, Response> {
+        c.session(&parts.headers).await.map(Session)
+    }
+}
+
 // A refusal is a whole response, returned at once by the handler: no gain in boxing it.
 #[allow(clippy::result_large_err)]
 impl Console {
     /// The session's CSRF token, or the response that sends the browser to log in.
-    fn session(&self, headers: &HeaderMap) -> Result<String, Response> {
+    async fn session(&self, headers: &HeaderMap) -> Result<String, Response> {
         if matches!(self.api.access, Access::Off) {
             return Err(off());
         }
-        self.api
-            .sessions
-            .csrf(headers)
-            .ok_or_else(|| Redirect::to("/login").into_response())
+        match self.api.sessions.csrf(headers).await {
+            Ok(Some(csrf)) => Ok(csrf),
+            Ok(None) => Err(Redirect::to("/login").into_response()),
+            Err(e) => Err(redis_down(&e)),
+        }
     }
 
     /// Like [`Console::session`], for a form: its `csrf` field must be the session's.
-    fn form_session(&self, headers: &HeaderMap, form: &Pairs) -> Result<String, Response> {
-        let csrf = self.session(headers)?;
+    async fn form_session(&self, headers: &HeaderMap, form: &Pairs) -> Result<String, Response> {
+        let csrf = self.session(headers).await?;
         if auth::csrf_ok(&csrf, field(form, "csrf")) {
             Ok(csrf)
         } else {
@@ -107,6 +125,19 @@ impl Console {
                 .into_response())
         }
     }
+}
+
+/// The page for a console request while Redis, where the sessions are kept, fails.
+fn redis_down(e: &StoreError) -> Response {
+    let (status, _) = auth::redis_down(e);
+    (
+        status,
+        page_bare(
+            "Redis unavailable",
+            html! { p.notice.error { "The console cannot check your session: Redis is unavailable, and console sessions are kept there. Reload this page once Redis is back (/readyz says when)." } },
+        ),
+    )
+        .into_response()
 }
 
 fn off() -> Response {
@@ -168,6 +199,33 @@ fn page(title: &str, here: &str, csrf: &str, refresh: Option<u32>, body: Markup)
                 main { h1 { (title) } (body) }
             }
         }
+    }
+}
+
+/// A table: a heading row from `cols`, then one row per item of `rows` (one cell per
+/// column), scrolled sideways inside `div.wrap` when the screen is narrow. A column is its
+/// heading and the classes of its cells (`num`, `mono`, `hide-narrow`, …); its heading
+/// carries the layout ones too (`num` aligns it, `hide-narrow` hides the whole column).
+fn table(
+    id: Option<&str>,
+    cols: &[(&str, &'static str)],
+    rows: impl IntoIterator<Item = Vec<Markup>>,
+) -> Markup {
+    let class = |c: &'static str| (!c.is_empty()).then_some(c);
+    let heading = |c: &str| {
+        let layout: Vec<&str> = c
+            .split_whitespace()
+            .filter(|w| matches!(*w, "num" | "hide-narrow"))
+            .collect();
+        (!layout.is_empty()).then(|| layout.join(" "))
+    };
+    html! {
+        div.wrap { table id=[id] {
+            thead { tr { @for (head, c) in cols { th class=[heading(c)] { (head) } } } }
+            tbody { @for row in rows {
+                tr { @for ((_, c), cell) in cols.iter().zip(row) { td class=[class(c)] { (cell) } } }
+            } }
+        } }
     }
 }
 
@@ -239,7 +297,10 @@ async fn login(
         )
             .into_response();
     }
-    let id = c.api.sessions.open();
+    let id = match c.api.sessions.open().await {
+        Ok(id) => id,
+        Err(e) => return redis_down(&e),
+    };
     (
         [(header::SET_COOKIE, auth::session_cookie(&id, &headers))],
         Redirect::to("/"),
@@ -252,10 +313,12 @@ async fn logout(
     headers: HeaderMap,
     Form(form): Form<Pairs>,
 ) -> Response {
-    if let Err(refused) = c.form_session(&headers, &form) {
+    if let Err(refused) = c.form_session(&headers, &form).await {
         return refused;
     }
-    c.api.sessions.close(&headers);
+    if let Err(e) = c.api.sessions.close(&headers).await {
+        return redis_down(&e);
+    }
     (
         [(header::SET_COOKIE, auth::cleared_cookie())],
         Redirect::to("/login"),
@@ -265,11 +328,7 @@ async fn logout(
 
 // ----- overview -----
 
-async fn overview(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let csrf = match c.session(&headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+async fn overview(State(c): State<Arc<Console>>, Session(csrf): Session) -> Response {
     let ctx = &c.api.ctx;
     let (depths, apps) = tokio::join!(ops::queue_depths(ctx), ops::apps(ctx));
     let r = c.rates.rates();
@@ -282,81 +341,90 @@ async fn overview(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response
             div.card { span.muted { "ready" } b class=(if health.ready() { "ok" } else { "bad" }) { (if health.ready() { "yes" } else { "no" }) } }
         }
         h2 { "Queues" }
-        div.wrap { table {
-            thead { tr { th { "queue" } th.hide-narrow { "name" } th.num { "ready" } } }
-            tbody { @for (label, queue, ready) in &depths {
-                tr {
-                    td { @if label == "dead letters" { a href="/dead" { (label) } } @else { (label) } }
-                    td.mono.hide-narrow { (queue) }
-                    td.num { (or_dash(*ready)) }
-                }
-            } }
-        } }
+        (table(None, &[("queue", ""), ("name", "mono hide-narrow"), ("ready", "num")],
+            depths.iter().map(|(label, queue, ready)| vec![
+                html! { @if label == "dead letters" { a href="/dead" { (label) } } @else { (label) } },
+                html! { (queue) },
+                html! { (or_dash(*ready)) },
+            ])))
         h2 { "Apps" }
-        div.wrap { table {
-            thead { tr { th { "app" } th.hide-narrow { "appid" } th { "token age" } th { "fingerprint" } th { "parked" } th { "why" } th.num { "grants known" } } }
-            tbody { @for a in &apps {
-                tr {
-                    td { (a.app) }
-                    td.mono.hide-narrow { (a.appid) }
-                    td { (age_text(a.token_age_seconds)) }
-                    td.mono { (or_dash(a.token_fingerprint.as_deref())) }
-                    td { @match &a.parked { Some(p) => span.bad { (p) " for " (age_text(a.parked_for_seconds)) }, None => span.ok { "no" } } }
-                    td { (or_dash(a.parked_why.as_deref())) }
-                    td.num { (or_dash(a.grants_known)) @if a.grants_capped { "+" } }
-                }
-            } }
-        } }
+        (table(None, &[("app", ""), ("appid", "mono hide-narrow"), ("token age", ""), ("fingerprint", "mono"),
+                        ("parked", ""), ("why", ""), ("grants known", "num")],
+            apps.iter().map(|a| vec![
+                html! { (a.app) },
+                html! { (a.appid) },
+                html! { (age_text(a.token_age_seconds)) },
+                html! { (or_dash(a.token_fingerprint.as_deref())) },
+                html! { @match &a.parked { Some(p) => span.bad { (p) " for " (age_text(a.parked_for_seconds)) }, None => span.ok { "no" } } },
+                html! { (or_dash(a.parked_why.as_deref())) },
+                html! { (or_dash(a.grants_known)) @if a.grants_capped { "+" } },
+            ])))
     };
     page("Overview", "Overview", &csrf, Some(10), body).into_response()
 }
 
 // ----- dead letters -----
 
-fn filter_fields(q: &DeadQuery) -> Markup {
+/// The filter's criteria as the forms carry them: (field name, label, value, input size).
+fn criteria(q: &DeadQuery) -> [(&'static str, &'static str, String, u8); 6] {
     let v = |o: &Option<String>| o.clone().unwrap_or_default();
+    [
+        ("errcode", "errcode", v(&q.errcode), 7),
+        ("class", "class", v(&q.class), 9),
+        ("type", "type", v(&q.kind), 20),
+        ("app", "app", v(&q.app), 9),
+        ("older_than", "older than", v(&q.older_than), 7),
+        ("newer_than", "newer than", v(&q.newer_than), 7),
+    ]
+}
+
+/// Whether a form field is part of the filter a dry run passes on to its run.
+fn is_filter_field(name: &str) -> bool {
+    matches!(
+        name,
+        "errcode" | "class" | "type" | "app" | "older_than" | "newer_than" | "ids" | "limit"
+    )
+}
+
+fn filter_fields(q: &DeadQuery) -> Markup {
     html! {
-        label { "errcode" input type="text" name="errcode" value=(v(&q.errcode)) size="7"; }
-        label { "class" input type="text" name="class" value=(v(&q.class)) size="9"; }
-        label { "type" input type="text" name="type" value=(v(&q.kind)); }
-        label { "app" input type="text" name="app" value=(v(&q.app)) size="9"; }
+        @for (name, label, value, size) in criteria(q) {
+            label {
+                (label)
+                input type="text" name=(name) value=(value) size=(size)
+                    placeholder=[name.ends_with("_than").then_some("e.g. 2h")];
+            }
+        }
     }
 }
 
-fn filter_query(
-    errcode: Option<i64>,
-    class: Option<&str>,
-    app: Option<&str>,
-    kind: Option<&str>,
-) -> String {
+/// The link of a group: its cause, within the page's age criteria.
+fn group_query(g: &ops::Group, q: &DeadQuery) -> String {
+    let v = |o: &Option<String>| enc(o.as_deref().unwrap_or_default());
     format!(
-        "errcode={}&class={}&app={}&type={}",
-        errcode.map(|c| c.to_string()).unwrap_or_default(),
-        enc(class.unwrap_or_default()),
-        enc(app.unwrap_or_default()),
-        enc(kind.unwrap_or_default())
+        "errcode={}&class={}&app={}&type={}&older_than={}&newer_than={}",
+        g.errcode.map(|c| c.to_string()).unwrap_or_default(),
+        v(&g.class),
+        v(&g.app),
+        v(&g.kind),
+        v(&q.older_than),
+        v(&q.newer_than),
     )
 }
 
 fn hidden_filter(q: &DeadQuery) -> Markup {
-    let v = |o: &Option<String>| o.clone().unwrap_or_default();
     html! {
-        input type="hidden" name="errcode" value=(v(&q.errcode));
-        input type="hidden" name="class" value=(v(&q.class));
-        input type="hidden" name="type" value=(v(&q.kind));
-        input type="hidden" name="app" value=(v(&q.app));
+        @for (name, _, value, _) in criteria(q) {
+            input type="hidden" name=(name) value=(value);
+        }
     }
 }
 
 async fn dead(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
+    Session(csrf): Session,
     Query(q): Query<DeadQuery>,
 ) -> Response {
-    let csrf = match c.session(&headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
     let (filter, limit) = match (q.filter(), q.limit()) {
         (Ok(f), Ok(l)) => (f, l),
         (Err(e), _) | (_, Err(e)) => {
@@ -392,20 +460,17 @@ async fn dead(
         }
         p.muted { (view.total) " matching of " (view.in_queue) " in the queue" }
         h2 { "By cause" }
-        div.wrap { table #groups {
-            thead { tr { th { "class" } th { "errcode" } th { "app" } th { "type" } th.num { "count" } th.hide-narrow { "oldest" } th.hide-narrow { "newest" } } }
-            tbody { @for g in &view.groups {
-                tr {
-                    td { (or_dash(g.class.as_deref())) }
-                    td.errcode { a href={ "/dead?" (filter_query(g.errcode, g.class.as_deref(), g.app.as_deref(), g.kind.as_deref())) } { (or_dash(g.errcode)) } }
-                    td { (or_dash(g.app.as_deref())) }
-                    td { (or_dash(g.kind.as_deref())) }
-                    td.num { (g.count) }
-                    td.hide-narrow { (or_dash(g.oldest.as_deref())) }
-                    td.hide-narrow { (or_dash(g.newest.as_deref())) }
-                }
-            } }
-        } }
+        (table(Some("groups"), &[("class", ""), ("errcode", "errcode"), ("app", ""), ("type", ""), ("count", "num"),
+                                 ("oldest", "hide-narrow"), ("newest", "hide-narrow")],
+            view.groups.iter().map(|g| vec![
+                html! { (or_dash(g.class.as_deref())) },
+                html! { a href={ "/dead?" (group_query(g, &q)) } { (or_dash(g.errcode)) } },
+                html! { (or_dash(g.app.as_deref())) },
+                html! { (or_dash(g.kind.as_deref())) },
+                html! { (g.count) },
+                html! { (or_dash(g.oldest.as_deref())) },
+                html! { (or_dash(g.newest.as_deref())) },
+            ])))
         h2 { "Act on all " (view.total) " matching" }
         form.inline method="post" action="/dead/act" {
             input type="hidden" name="csrf" value=(csrf);
@@ -417,23 +482,20 @@ async fn dead(
         h2 { "Letters" @if view.letters.len() < view.total as usize { " (first " (view.letters.len()) ")" } }
         form method="post" action="/dead/act" {
             input type="hidden" name="csrf" value=(csrf);
-            div.wrap { table #letters {
-                thead { tr { th {} th { "#" } th { "event id" } th { "type" } th { "app" } th { "class" } th { "errcode" } th.hide-narrow { "errmsg" } th.num { "attempts" } th { "age" } } }
-                tbody { @for l in &view.letters {
-                    tr {
-                        td { @if let Some(id) = &l.id { input type="checkbox" name="ids" value=(id); } }
-                        td.num { (l.position) }
-                        td.mono { a href={ "/dead/letter?id=" (enc(&l.id.clone().unwrap_or_else(|| format!("#{}", l.position)))) } { (l.id_label()) } }
-                        td { (or_dash(l.kind.as_deref())) }
-                        td { (or_dash(l.app.as_deref())) }
-                        td { (or_dash(l.class.as_deref())) }
-                        td { (or_dash(l.errcode)) }
-                        td.hide-narrow { (or_dash(l.errmsg.as_deref())) }
-                        td.num { (or_dash(l.attempts)) }
-                        td { (l.age(now).map_or_else(|| "-".into(), |a| age_text(Some(a.as_secs())))) }
-                    }
-                } }
-            } }
+            (table(Some("letters"), &[("", ""), ("#", "num"), ("event id", "mono"), ("type", ""), ("app", ""), ("class", ""),
+                                      ("errcode", ""), ("errmsg", "hide-narrow"), ("attempts", "num"), ("age", "")],
+                view.letters.iter().map(|l| vec![
+                    html! { @if let Some(id) = &l.id { input type="checkbox" name="ids" value=(id); } },
+                    html! { (l.position) },
+                    html! { a href={ "/dead/letter?id=" (enc(&l.id.clone().unwrap_or_else(|| format!("#{}", l.position)))) } { (l.id_label()) } },
+                    html! { (or_dash(l.kind.as_deref())) },
+                    html! { (or_dash(l.app.as_deref())) },
+                    html! { (or_dash(l.class.as_deref())) },
+                    html! { (or_dash(l.errcode)) },
+                    html! { (or_dash(l.errmsg.as_deref())) },
+                    html! { (or_dash(l.attempts)) },
+                    html! { (l.age(now).map_or_else(|| "-".into(), |a| age_text(Some(a.as_secs())))) },
+                ])))
             @if !view.letters.is_empty() {
                 button #replay-selected type="submit" name="action" value="replay" { "Replay selected…" }
             }
@@ -449,13 +511,9 @@ struct IdQuery {
 
 async fn letter(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
+    Session(csrf): Session,
     Query(q): Query<IdQuery>,
 ) -> Response {
-    let csrf = match c.session(&headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
     let id = q.id.unwrap_or_default();
     let found = ops::show(&c.api.ctx, &id).await;
     let now = OffsetDateTime::now_utc();
@@ -508,7 +566,7 @@ fn pretty_json(text: &str) -> String {
         .unwrap_or_else(|| text.to_owned())
 }
 
-/// The filter a form carries: the four criteria, or selected ids.
+/// The filter a form carries: the criteria, or selected ids.
 fn form_filter(form: &Pairs) -> Result<(Filter, Option<u64>), String> {
     let one = |name: &str| field(form, name).map(str::to_owned);
     let query = DeadQuery {
@@ -517,6 +575,8 @@ fn form_filter(form: &Pairs) -> Result<(Filter, Option<u64>), String> {
         kind: one("type"),
         app: one("app"),
         id: None,
+        older_than: one("older_than"),
+        newer_than: one("newer_than"),
         limit: None,
     };
     let mut filter = query.filter()?;
@@ -554,6 +614,14 @@ fn describe(filter: &Filter) -> String {
             parts.push(format!("{name} {}", values.join(", ")));
         }
     }
+    for (name, age) in [
+        ("dead for at least", filter.older_than),
+        ("dead for less than", filter.newer_than),
+    ] {
+        if let Some(age) = age {
+            parts.push(format!("{name} {}", humantime::format_duration(age)));
+        }
+    }
     if !filter.ids.is_empty() {
         parts.push(format!("{} selected event id(s)", filter.ids.len()));
     }
@@ -571,7 +639,7 @@ async fn act(
     headers: HeaderMap,
     Form(form): Form<Pairs>,
 ) -> Response {
-    let csrf = match c.form_session(&headers, &form) {
+    let csrf = match c.form_session(&headers, &form).await {
         Ok(t) => t,
         Err(r) => return r,
     };
@@ -627,7 +695,7 @@ async fn act(
                 input type="hidden" name="csrf" value=(csrf);
                 input type="hidden" name="action" value=(if action == Action::Purge { "purge" } else { "replay" });
                 input type="hidden" name="step" value="run";
-                @for (k, v) in form.iter().filter(|(k, _)| matches!(k.as_str(), "errcode" | "class" | "type" | "app" | "ids" | "limit")) {
+                @for (k, v) in form.iter().filter(|(k, _)| is_filter_field(k)) {
                     input type="hidden" name=(k) value=(v);
                 }
                 @if action == Action::Purge {
@@ -652,20 +720,16 @@ async fn act(
 
 async fn job(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
+    Session(csrf): Session,
     Path(id): Path<String>,
 ) -> Response {
-    let csrf = match c.session(&headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
     let Some(job) = c.api.jobs.get(&id) else {
         return page(
             "Job",
             "Dead letters",
             &csrf,
             None,
-            html! { p.notice.error { "No job " (id) " in this process." } },
+            html! { p.notice.error { "No job " (id) " on this worker. A job's progress is kept by the worker that runs it: behind a load balancer this page may have reached another one (the job runs on regardless; the counts on the dead letters page show its effect)." } },
         )
         .into_response();
     };
@@ -719,7 +783,7 @@ async fn cancel(
     Path(id): Path<String>,
     Form(form): Form<Pairs>,
 ) -> Response {
-    if let Err(r) = c.form_session(&headers, &form) {
+    if let Err(r) = c.form_session(&headers, &form).await {
         return r;
     }
     if let Some(job) = c.api.jobs.get(&id) {
@@ -732,13 +796,9 @@ async fn cancel(
 
 async fn event(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
+    Session(csrf): Session,
     Query(q): Query<IdQuery>,
 ) -> Response {
-    let csrf = match c.session(&headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
     let id = q.id.unwrap_or_default().trim().to_owned();
     let record = if id.is_empty() {
         None
@@ -802,13 +862,9 @@ struct GrantQuery {
 
 async fn grants(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
+    Session(csrf): Session,
     Query(q): Query<GrantQuery>,
 ) -> Response {
-    let csrf = match c.session(&headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
     let openid = q.openid.unwrap_or_default().trim().to_owned();
     let app = q.app.filter(|a| !a.trim().is_empty());
     let rows = if openid.is_empty() {
@@ -830,18 +886,14 @@ async fn grants(
             None => {},
             Some(Err(e)) => p.notice.error { (format!("{e:#}")) },
             Some(Ok(rows)) if rows.is_empty() => p { "No grants recorded for " code { (openid) } " (the ledger knows only what WeChat pushed since wxpush listened)." },
-            Some(Ok(rows)) => div.wrap { table {
-                thead { tr { th { "app" } th { "template" } th { "kind" } th.num { "grants" } th { "last choice" } } }
-                tbody { @for (app, r) in &rows {
-                    tr {
-                        td { (app) }
-                        td.mono { (r.template_id) }
-                        td { (r.kind.map_or("-", |k| k.label())) }
-                        td.num { (r.count) }
-                        td { (or_dash(r.choice.as_deref())) }
-                    }
-                } }
-            } },
+            Some(Ok(rows)) => (table(None, &[("app", ""), ("template", "mono"), ("kind", ""), ("grants", "num"), ("last choice", "")],
+                rows.iter().map(|(app, r)| vec![
+                    html! { (app) },
+                    html! { (r.template_id) },
+                    html! { (r.kind.map_or("-", |k| k.label())) },
+                    html! { (r.count) },
+                    html! { (or_dash(r.choice.as_deref())) },
+                ]))),
         }
     };
     page("Grants", "Grants", &csrf, None, body).into_response()
