@@ -211,6 +211,8 @@ async fn dead(
             Json(json!({
                 "total": view.total,
                 "in_queue": view.in_queue,
+                "scanned": view.scanned,
+                "partial": view.scanned < view.in_queue,
                 "letters": letters,
                 "groups": view.groups,
             }))
@@ -343,6 +345,7 @@ async fn act(
         "matched": t.matched,
         "dry_run": request.dry_run,
         "unroutable": t.unroutable,
+        "copies": t.copies,
         "job": job.id.to_string(),
     });
     body[if action == Action::Replay {

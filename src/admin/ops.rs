@@ -44,6 +44,9 @@ pub struct DeadView {
     pub total: u64,
     /// Letters in the queue.
     pub in_queue: u64,
+    /// Letters read: all of them, or the first `admin.dead_scan_max` (then `total` and
+    /// `groups` cover those only).
+    pub scanned: u64,
     /// The first `limit` matching letters, in queue order.
     pub letters: Vec<Letter>,
     /// Matching letters grouped by (class, errcode, app, type), largest group first.
@@ -58,26 +61,29 @@ async fn close(connection: Connection) {
     let _ = connection.close(200, "admin request done".into()).await;
 }
 
-/// Reads the whole dead-letter queue (nothing is taken) and keeps what `filter` selects.
+/// Reads the dead-letter queue, at most `admin.dead_scan_max` letters from its head
+/// (nothing is taken), and keeps what `filter` selects.
 pub async fn dead(ctx: &Ctx, filter: &Filter, limit: usize) -> anyhow::Result<DeadView> {
     let connection = connect(ctx, "admin dead").await?;
     let now = OffsetDateTime::now_utc();
+    let progress = Progress::default();
     let read = dead_letters::read(
         &connection,
         &ctx.config.amqp.dead_letter_queue,
-        None,
-        &Progress::default(),
+        Some(ctx.config.admin.dead_scan_max),
+        &progress,
         &CancellationToken::new(),
         |_| false,
     )
     .await;
     close(connection).await;
     let (all, _) = read?;
-    let in_queue = all.len() as u64;
+    let read = progress.snapshot();
     let matching: Vec<Letter> = all.into_iter().filter(|l| filter.matches(l, now)).collect();
     Ok(DeadView {
         total: matching.len() as u64,
-        in_queue,
+        in_queue: read.total,
+        scanned: read.scanned,
         groups: groups(&matching),
         letters: matching.into_iter().take(limit).collect(),
     })
@@ -407,6 +413,7 @@ impl Job {
             "matched": t.matched,
             "done": t.done,
             "unroutable": t.unroutable,
+            "copies": t.copies,
             "error": self.error(),
         })
     }

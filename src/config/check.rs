@@ -300,6 +300,13 @@ impl Loaded {
                 "amqp.publish_channels must be at least 1".into(),
             );
         }
+        if config.admin.dead_scan_max == 0 {
+            add(
+                nowhere.clone(),
+                "admin.dead_scan_max must be at least 1 (letters a dead-letter listing reads)"
+                    .into(),
+            );
+        }
         if amqp.queue == amqp.dead_letter_queue {
             add(
                 nowhere.clone(),

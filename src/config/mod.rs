@@ -363,6 +363,10 @@ pub struct AdminConfig {
     pub token_env: Option<String>,
     /// Or a file holding it.
     pub token_file: Option<PathBuf>,
+    /// A dead-letter listing (`GET /api/dead`, the console) reads at most this many
+    /// letters from the head of the queue: each is held unacked while the listing runs.
+    /// Past it, counts and groups cover the letters read and say so (`partial`).
+    pub dead_scan_max: u64,
 }
 
 impl Default for AdminConfig {
@@ -371,6 +375,7 @@ impl Default for AdminConfig {
             listen: ([127, 0, 0, 1], 9464).into(),
             token_env: None,
             token_file: None,
+            dead_scan_max: 100_000,
         }
     }
 }

@@ -458,7 +458,12 @@ async fn dead(
             button type="submit" { "Filter" }
             a href="/dead" { "clear" }
         }
-        p.muted { (view.total) " matching of " (view.in_queue) " in the queue" }
+        p.muted {
+            (view.total) " matching of " (view.in_queue) " in the queue"
+            @if view.scanned < view.in_queue {
+                " (counted over the first " (view.scanned) "; `admin.dead_scan_max` sets how many a listing reads)"
+            }
+        }
         h2 { "By cause" }
         (table(Some("groups"), &[("class", ""), ("errcode", "errcode"), ("app", ""), ("type", ""), ("count", "num"),
                                  ("oldest", "hide-narrow"), ("newest", "hide-narrow")],
@@ -537,6 +542,10 @@ async fn letter(
                     tr { th { "first failed" } td { (or_dash(l.first_failed_at.as_deref())) } }
                     tr { th { "dead since" } td { (or_dash(l.dead_at_raw.as_deref())) " (" (l.age(now).map_or_else(|| "-".into(), |a| age_text(Some(a.as_secs())))) ")" } }
                     tr { th { "replayed before" } td { (l.replayed) } }
+                    tr { th { "letter id" } td { (or_dash(l.letter_id.as_deref())) } }
+                    @if l.copies > 1 {
+                        tr { th { "copies" } td { (l.copies) " (one letter: a replay moves it once and drops the copies)" } }
+                    }
                 }
             }
             h2 { "Headers" }
