@@ -100,16 +100,24 @@ async fn connect_errors(redis: &RedisConfig) -> [String; 2] {
     ]
 }
 
-/// `redis` with `password` where its URLs have `from`.
-fn with_url_password(redis: &RedisConfig, from: &str, password: &str) -> RedisConfig {
+/// `redis` with `to` where its URLs have `from`.
+fn with_urls_replacing(redis: &RedisConfig, from: &str, to: &str) -> RedisConfig {
     RedisConfig {
-        urls: redis
-            .urls
-            .iter()
-            .map(|u| u.replace(from, password))
-            .collect(),
+        urls: redis.urls.iter().map(|u| u.replace(from, to)).collect(),
         ..redis.clone()
     }
+}
+
+/// The `user:password@` of a URL.
+fn login(url: &str) -> &str {
+    let rest = url.split_once("://").expect("a URL").1;
+    &rest[..=rest.find('@').expect("a URL with a login")]
+}
+
+/// The password of a URL.
+fn password(url: &str) -> &str {
+    let login = login(url);
+    &login[login.find(':').expect("a password") + 1..login.len() - 1]
 }
 
 fn assert_names(errors: &[String], parts: &[&str]) {
@@ -125,19 +133,21 @@ fn assert_names(errors: &[String], parts: &[&str]) {
 }
 
 #[tokio::test]
-async fn a_wrong_cluster_password_is_refused_naming_the_login() {
+async fn a_wrong_or_missing_cluster_password_is_refused_naming_the_login() {
     let Some(cluster) = secure_redis(RedisMode::Cluster) else {
         return;
     };
-    let password = cluster.urls[0].split([':', '@']).nth(2).unwrap().to_owned();
-    let wrong = with_url_password(&cluster, &password, "wrong-password");
-    assert_names(
-        &connect_errors(&wrong).await,
-        &[
-            "Redis refused the login",
-            "the username and password in redis.urls",
-        ],
-    );
+    let wrong = with_urls_replacing(&cluster, password(&cluster.urls[0]), "wrong-password");
+    let none = with_urls_replacing(&cluster, login(&cluster.urls[0]), "");
+    for refused in [wrong, none] {
+        assert_names(
+            &connect_errors(&refused).await,
+            &[
+                "Redis refused the login",
+                "the username and password in redis.urls",
+            ],
+        );
+    }
 }
 
 #[tokio::test]
@@ -157,12 +167,8 @@ async fn a_wrong_sentinel_or_primary_password_is_refused_naming_which() {
             "refused redis.sentinel_master_username / redis.sentinel_master_password",
         ],
     );
-    let password = sentinel.urls[0]
-        .split([':', '@'])
-        .nth(2)
-        .unwrap()
-        .to_owned();
-    let wrong_sentinel = with_url_password(&sentinel, &password, "wrong-password");
+    let wrong_sentinel =
+        with_urls_replacing(&sentinel, password(&sentinel.urls[0]), "wrong-password");
     assert_names(
         &connect_errors(&wrong_sentinel).await,
         &[
@@ -223,6 +229,15 @@ async fn the_ca_is_trusted_through_ssl_cert_file(mode: RedisMode) {
     let trusted = token(file.path(), true).await;
     let untrusted = token(file.path(), false).await;
     assert!(trusted.ok().contains(APPID), "{trusted:#?}");
+    let passwords = secure.urls.iter().map(|u| password(u));
+    for secret in passwords.chain(secure.sentinel_master_password.as_deref()) {
+        for output in [&trusted, &untrusted] {
+            assert!(
+                !output.stdout.contains(secret) && !output.stderr.contains(secret),
+                "no password in the output: {output:#?}"
+            );
+        }
+    }
     assert_ne!(untrusted.code, Some(0), "{untrusted:#?}");
     for part in [
         "Redis's TLS certificate is not trusted",

@@ -419,9 +419,7 @@ async fn connect_shared(target: &Target) -> RedisResult<Conn> {
 /// same.
 async fn explain(config: &RedisConfig, e: RedisError) -> RedisError {
     let text = e.to_string();
-    let (problem, fix) = if e.kind() == redis::ErrorKind::AuthenticationFailed
-        || text.contains("AuthenticationFailed")
-    {
+    let (problem, fix) = if login_refused(&e) {
         ("Redis refused the login", login_fix(config).await)
     } else if text.contains("invalid peer certificate") {
         (
@@ -432,6 +430,16 @@ async fn explain(config: &RedisConfig, e: RedisError) -> RedisError {
         return e;
     };
     RedisError::from((e.kind(), problem, format!("{fix} ({text})")))
+}
+
+/// A wrong login (`AuthenticationFailed`, `WRONGPASS`) or none where one is required
+/// (`NOAUTH`). The cluster client wraps its nodes' errors in an I/O error's text.
+fn login_refused(e: &RedisError) -> bool {
+    let text = e.to_string();
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || ["AuthenticationFailed", "NOAUTH", "WRONGPASS"]
+            .iter()
+            .any(|code| text.contains(code))
 }
 
 /// Which login Redis refused, and the setting it comes from.
@@ -450,16 +458,21 @@ async fn login_fix(config: &RedisConfig) -> String {
     }
 }
 
-/// The first sentinel of `redis.urls` that refuses its own URL's login, if one does.
+/// The first sentinel of `redis.urls` that refuses its own URL's login (or the lack of
+/// one: then only a command fails), if one does.
 async fn refusing_sentinel(config: &RedisConfig) -> Option<&str> {
     for url in &config.urls {
         let Ok(client) = redis::Client::open(url.as_str()) else {
             continue;
         };
-        if let Err(e) = client
-            .get_multiplexed_async_connection_with_config(&connection_config())
-            .await
-            && e.kind() == redis::ErrorKind::AuthenticationFailed
+        let ping = async {
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&connection_config())
+                .await?;
+            redis::cmd("PING").query_async::<()>(&mut conn).await
+        };
+        if let Err(e) = ping.await
+            && login_refused(&e)
         {
             return Some(url);
         }
