@@ -9,7 +9,12 @@
 //!   connection or finds a demoted primary (`READONLY`), and asks the sentinels again on the
 //!   next use; pooled connections are checked with `ROLE` before they are lent;
 //! - [`Conn::wait_replicas`] sends `WAIT` to the node that holds a key (in a cluster, its
-//!   slot's master: a plain `WAIT` would go to every master).
+//!   slot's master: a plain `WAIT` would go to every master);
+//! - logins and TLS come from the URLs in every mode (a cluster's from its first seed, for
+//!   every node); in sentinel mode the primary may have a login of its own
+//!   (`redis.sentinel_master_username`/`_password`, `PrimaryLogin`);
+//! - a refused login or an untrusted certificate comes back saying what to fix, and in
+//!   sentinel mode whether a sentinel or the primary refused (`explain`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
