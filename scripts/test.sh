@@ -100,9 +100,12 @@ if $services_only; then
 fi
 
 # The cluster tests' Redis Cluster, Sentinel setup and RabbitMQ cluster, on their own ports
-# (7000-7005, 6380/6381, 26379-26381, 5701-5703): the tests find them through the
-# WXPUSH_TEST_* variables this sets.
+# (7000-7005, 6380/6381, 26379-26381, 5701-5703), and the secured Redis set (TLS and
+# passwords: 7100-7102, 6390, 26390): the tests find them through the WXPUSH_TEST_*
+# variables this sets.
 step "loopback clusters: scripts/clusters.sh start"
+# Its secured set (TLS, tests/redis_secure_modes.rs) makes its certificates with openssl.
+command -v openssl >/dev/null || apt_install openssl
 eval "$(bash scripts/clusters.sh start)"
 
 step "Rust toolchain"

@@ -389,6 +389,7 @@ fn redis_problems(redis: &RedisConfig) -> Vec<String> {
                 .into(),
         );
     }
+    problems.extend(login_problems(redis));
     if redis.replicas_ack() > 0
         && (redis.replicas_timeout.is_zero() || redis.replicas_timeout >= MAX_REPLICAS_TIMEOUT)
     {
@@ -399,6 +400,40 @@ fn redis_problems(redis: &RedisConfig) -> Vec<String> {
         ));
     }
     problems
+}
+
+/// Logins that cannot work: cluster seeds with different logins or schemes (the cluster
+/// client has one login and one TLS setting for every node), the primary's own login
+/// outside sentinel mode or a username without its password.
+fn login_problems(redis: &RedisConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    if redis.mode == RedisMode::Cluster
+        && redis
+            .urls
+            .windows(2)
+            .any(|w| login_of(&w[0]) != login_of(&w[1]))
+    {
+        problems.push("redis.urls: every cluster seed needs the same scheme (redis:// or rediss://), username and password: the cluster client logs in to every node, seeds and the nodes they name alike, with one login and one TLS setting".into());
+    }
+    let own_login =
+        redis.sentinel_master_username.is_some() || redis.sentinel_master_password.is_some();
+    if redis.mode != RedisMode::Sentinel && own_login {
+        problems.push("redis.sentinel_master_username and redis.sentinel_master_password are only read in sentinel mode; in cluster mode the login goes in redis.urls, in single mode in redis.url".into());
+    }
+    if redis.sentinel_master_username.is_some() && redis.sentinel_master_password.is_none() {
+        problems.push("redis.sentinel_master_username needs redis.sentinel_master_password: Redis logs an ACL user in with both".into());
+    }
+    problems
+}
+
+/// A URL's scheme and userinfo (`user:password`), compared, never shown.
+fn login_of(url: &str) -> (&str, Option<&str>) {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    (
+        scheme,
+        authority.rsplit_once('@').map(|(userinfo, _)| userinfo),
+    )
 }
 
 /// Above this a `WAIT` outlasts the connection's response timeout (`store::connection`).
@@ -450,6 +485,46 @@ mod tests {
             "{bad:?}"
         );
         assert!(!bad[0].contains("secret"), "passwords stay hidden: {bad:?}");
+    }
+
+    #[test]
+    fn cluster_seeds_share_one_login_and_the_primary_login_is_sentinel_only() {
+        let mixed = problems_of(|r| {
+            r.mode = RedisMode::Cluster;
+            r.urls = vec![
+                "rediss://u:secret@a:7000".into(),
+                "rediss://u:other@b:7000/".into(),
+            ];
+        });
+        assert!(mixed[0].contains("same scheme"), "{mixed:?}");
+        assert!(
+            !mixed[0].contains("secret"),
+            "passwords stay hidden: {mixed:?}"
+        );
+        let same = problems_of(|r| {
+            r.mode = RedisMode::Cluster;
+            r.urls = vec![
+                "rediss://u:pw@a:7000".into(),
+                "rediss://u:pw@b:7001/0".into(),
+            ];
+        });
+        assert!(same.is_empty(), "{same:?}");
+        let outside = problems_of(|r| r.sentinel_master_password = Some("pw".into()));
+        assert!(
+            outside[0].contains("only read in sentinel mode"),
+            "{outside:?}"
+        );
+        let half = problems_of(|r| {
+            r.mode = RedisMode::Sentinel;
+            r.urls = vec!["rediss://:s@a:26379".into()];
+            r.sentinel_master = Some("mymaster".into());
+            r.sentinel_master_username = Some("wxpush".into());
+        });
+        assert_eq!(half.len(), 1, "{half:?}");
+        assert!(
+            half[0].contains("needs redis.sentinel_master_password"),
+            "{half:?}"
+        );
     }
 
     #[test]

@@ -127,11 +127,19 @@ pub struct RedisConfig {
     /// The Redis of `single` mode. May hold a password: log only
     /// [`crate::config::redact_url`] of it.
     pub url: String,
-    /// Cluster seed nodes or sentinels (`rediss://` for TLS; a password in the URL is used
-    /// for the sentinels and the primary alike). May hold passwords, like `url`.
+    /// Cluster seed nodes or sentinels, with their username and password
+    /// (`redis://user:password@host:port`) and `rediss://` for TLS. Cluster: one login and
+    /// one scheme for every node. Sentinel: each sentinel logs in with its own URL's; the
+    /// primary with `sentinel_master_username`/`_password` when set, else with the first
+    /// URL's, and over TLS when that URL is `rediss://`. May hold passwords, like `url`.
     pub urls: Vec<String>,
     /// The master name the sentinels know the primary by.
     pub sentinel_master: Option<String>,
+    /// Sentinel mode: the ACL user for the primary, when the sentinels' differs.
+    pub sentinel_master_username: Option<String>,
+    /// Sentinel mode: the primary's password (its `requirepass`, or the ACL user's), when
+    /// the sentinels' differs. A secret: never logged.
+    pub sentinel_master_password: Option<String>,
     pub key_prefix: String,
     pub pool_size: usize,
     /// How many replicas must hold the writes "never sent twice" rests on (the claim and the
@@ -194,6 +202,8 @@ impl Default for RedisConfig {
             url: "redis://127.0.0.1:6379/0".into(),
             urls: Vec::new(),
             sentinel_master: None,
+            sentinel_master_username: None,
+            sentinel_master_password: None,
             key_prefix: "wxpush".into(),
             pool_size: 16,
             replicas_ack: None,

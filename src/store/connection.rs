@@ -9,7 +9,12 @@
 //!   connection or finds a demoted primary (`READONLY`), and asks the sentinels again on the
 //!   next use; pooled connections are checked with `ROLE` before they are lent;
 //! - [`Conn::wait_replicas`] sends `WAIT` to the node that holds a key (in a cluster, its
-//!   slot's master: a plain `WAIT` would go to every master).
+//!   slot's master: a plain `WAIT` would go to every master);
+//! - logins and TLS come from the URLs in every mode (a cluster's from its first seed, for
+//!   every node); in sentinel mode the primary may have a login of its own
+//!   (`redis.sentinel_master_username`/`_password`, `PrimaryLogin`);
+//! - a refused login or an untrusted certificate comes back saying what to fix, and in
+//!   sentinel mode whether a sentinel or the primary refused (`explain`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -216,24 +221,58 @@ fn connection_config() -> AsyncConnectionConfig {
         .set_response_timeout(Some(RESPONSE_TIMEOUT))
 }
 
-/// The sentinel client for `config`: the sentinels of `redis.urls`, and for the primary the
-/// username, password, database and TLS of the first of them.
+/// How the sentinel clients reach the primary the sentinels name: over TLS when the first
+/// sentinel URL is `rediss://` (CA trust as for every `rediss://`: the system store or
+/// `SSL_CERT_FILE`), logged in with `redis.sentinel_master_username`/`_password` when set,
+/// else with that URL's username and password. Each sentinel logs in with its own URL's.
+struct PrimaryLogin {
+    tls: Option<redis::TlsMode>,
+    settings: redis::RedisConnectionInfo,
+}
+
+impl PrimaryLogin {
+    fn of(config: &RedisConfig) -> RedisResult<PrimaryLogin> {
+        let first = config
+            .urls
+            .first()
+            .ok_or_else(|| {
+                RedisError::from((redis::ErrorKind::InvalidClientConfig, "no sentinels"))
+            })?
+            .as_str()
+            .into_connection_info()?;
+        let tls = match first.addr() {
+            ConnectionAddr::TcpTls { insecure: true, .. } => Some(redis::TlsMode::Insecure),
+            ConnectionAddr::TcpTls { .. } => Some(redis::TlsMode::Secure),
+            _ => None,
+        };
+        let url = first.redis_settings();
+        let mut settings = redis::RedisConnectionInfo::default()
+            .set_db(url.db())
+            .set_protocol(url.protocol());
+        let (username, password) = match &config.sentinel_master_password {
+            Some(password) => (
+                config.sentinel_master_username.as_deref(),
+                Some(password.as_str()),
+            ),
+            None => (url.username(), url.password()),
+        };
+        if let Some(username) = username {
+            settings = settings.set_username(username);
+        }
+        if let Some(password) = password {
+            settings = settings.set_password(password);
+        }
+        Ok(PrimaryLogin { tls, settings })
+    }
+}
+
+/// The sentinel client for the hot path.
 fn sentinel_client(config: &RedisConfig) -> RedisResult<SentinelClient> {
     let master = config.sentinel_master.clone().unwrap_or_default();
-    let first = config
-        .urls
-        .first()
-        .ok_or_else(|| RedisError::from((redis::ErrorKind::InvalidClientConfig, "no sentinels")))?
-        .as_str()
-        .into_connection_info()?;
-    let mut node = SentinelNodeConnectionInfo::default()
-        .set_redis_connection_info(first.redis_settings().clone());
-    if let ConnectionAddr::TcpTls { insecure, .. } = first.addr() {
-        node = node.set_tls_mode(if *insecure {
-            redis::TlsMode::Insecure
-        } else {
-            redis::TlsMode::Secure
-        });
+    let login = PrimaryLogin::of(config)?;
+    let mut node = SentinelNodeConnectionInfo::default().set_redis_connection_info(login.settings);
+    if let Some(tls) = login.tls {
+        node = node.set_tls_mode(tls);
     }
     let urls: Vec<&str> = config.urls.iter().map(String::as_str).collect();
     SentinelClient::build(urls, master, Some(node), SentinelServerType::Master)
@@ -245,6 +284,8 @@ fn sentinel_client(config: &RedisConfig) -> RedisResult<SentinelClient> {
 #[derive(Clone)]
 pub struct HotPath {
     target: Arc<Target>,
+    // To explain a refused login or certificate (see [`explain`]).
+    config: Arc<RedisConfig>,
     shared: Arc<tokio::sync::OnceCell<Conn>>,
     replicas: u32,
     replicas_timeout: Duration,
@@ -281,6 +322,7 @@ impl HotPath {
         };
         Ok(HotPath {
             target: Arc::new(target),
+            config: Arc::new(config.clone()),
             shared: Default::default(),
             replicas: config.replicas_ack(),
             replicas_timeout: config.replicas_timeout,
@@ -341,20 +383,20 @@ impl HotPath {
 
     /// A handle on the shared connection (cheap to clone).
     pub async fn get(&self) -> Result<Conn, StoreError> {
-        match &*self.target {
-            Target::Sentinel(link) => {
-                let conn = link
-                    .connection()
-                    .await
-                    .map_err(|e| StoreError::new("connect", e))?;
-                Ok(Conn::Sentinel(conn, link.clone()))
-            }
+        let connected = match &*self.target {
+            Target::Sentinel(link) => link
+                .connection()
+                .await
+                .map(|conn| Conn::Sentinel(conn, link.clone())),
             target => self
                 .shared
                 .get_or_try_init(|| connect_shared(target))
                 .await
-                .cloned()
-                .map_err(|e| StoreError::new("connect", e)),
+                .cloned(),
+        };
+        match connected {
+            Ok(conn) => Ok(conn),
+            Err(e) => Err(StoreError::new("connect", explain(&self.config, e).await)),
         }
     }
 }
@@ -376,6 +418,73 @@ async fn connect_shared(target: &Target) -> RedisResult<Conn> {
     }
 }
 
+/// A connection refused for a reason only the config or the trust store can fix comes back
+/// saying what to change: a login (which one, set where) or the server's certificate. Any
+/// other error comes back unchanged. The kind stays, so retries and rediscovery behave the
+/// same.
+async fn explain(config: &RedisConfig, e: RedisError) -> RedisError {
+    let text = e.to_string();
+    let (problem, fix) = if login_refused(&e) {
+        ("Redis refused the login", login_fix(config).await)
+    } else if text.contains("invalid peer certificate") {
+        (
+            "Redis's TLS certificate is not trusted",
+            "wxpush trusts the system's CA certificates, or the bundle the SSL_CERT_FILE environment variable names: add the CA that signed Redis's certificate there (UnknownIssuer), and reach Redis by a name or address the certificate is for (NotValidForName)".to_owned(),
+        )
+    } else {
+        return e;
+    };
+    RedisError::from((e.kind(), problem, format!("{fix} ({text})")))
+}
+
+/// A wrong login (`AuthenticationFailed`, `WRONGPASS`) or none where one is required
+/// (`NOAUTH`). The cluster client wraps its nodes' errors in an I/O error's text.
+fn login_refused(e: &RedisError) -> bool {
+    let text = e.to_string();
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || ["AuthenticationFailed", "NOAUTH", "WRONGPASS"]
+            .iter()
+            .any(|code| text.contains(code))
+}
+
+/// Which login Redis refused, and the setting it comes from.
+async fn login_fix(config: &RedisConfig) -> String {
+    match config.mode {
+        RedisMode::Single => "check the username and password in redis.url".into(),
+        RedisMode::Cluster => "check the username and password in redis.urls: the cluster client logs in to every node with the first URL's (and refuses URLs with different ones)".into(),
+        RedisMode::Sentinel => match refusing_sentinel(config).await {
+            Some(url) => format!(
+                "the sentinel {} refused the username and password of its URL in redis.urls (the sentinel's own requirepass or ACL user, not the primary's)",
+                crate::config::redact_url(url)
+            ),
+            None if config.sentinel_master_password.is_some() => "the sentinels accept their logins, so the primary (as named by the sentinels) refused redis.sentinel_master_username / redis.sentinel_master_password".into(),
+            None => "the sentinels accept their logins, so the primary (as named by the sentinels) refused the username and password of the first URL in redis.urls, which it is given while redis.sentinel_master_password is unset: set redis.sentinel_master_password (and redis.sentinel_master_username for an ACL user) to the primary's login".into(),
+        },
+    }
+}
+
+/// The first sentinel of `redis.urls` that refuses its own URL's login (or the lack of
+/// one: then only a command fails), if one does.
+async fn refusing_sentinel(config: &RedisConfig) -> Option<&str> {
+    for url in &config.urls {
+        let Ok(client) = redis::Client::open(url.as_str()) else {
+            continue;
+        };
+        let ping = async {
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&connection_config())
+                .await?;
+            redis::cmd("PING").query_async::<()>(&mut conn).await
+        };
+        if let Err(e) = ping.await
+            && login_refused(&e)
+        {
+            return Some(url);
+        }
+    }
+    None
+}
+
 /// Fewer replicas than `redis.replicas_ack` acknowledged a write in time.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -390,7 +499,14 @@ pub struct NotReplicated {
 
 /// The pool for occasional work (token refreshes, health pings, CLI commands), in any mode.
 #[derive(Clone)]
-pub enum Pool {
+pub struct Pool {
+    pools: Pools,
+    // To explain a refused login or certificate (see [`explain`]).
+    config: Arc<RedisConfig>,
+}
+
+#[derive(Clone)]
+enum Pools {
     Single(deadpool_redis::Pool),
     Cluster(deadpool_redis::cluster::Pool),
     Sentinel(deadpool_redis::sentinel::Pool),
@@ -421,22 +537,31 @@ impl Pool {
     /// A connection, made or recycled (pinged; in sentinel mode also checked to be the
     /// primary's).
     pub async fn get(&self) -> Result<Connection, PoolError> {
-        Ok(match self {
-            Pool::Single(pool) => {
+        match self.lend().await {
+            Err(deadpool_redis::PoolError::Backend(e)) => Err(deadpool_redis::PoolError::Backend(
+                explain(&self.config, e).await,
+            )),
+            lent => lent,
+        }
+    }
+
+    async fn lend(&self) -> Result<Connection, PoolError> {
+        Ok(match &self.pools {
+            Pools::Single(pool) => {
                 let lease = pool.get().await?;
                 Connection {
                     conn: Conn::Direct((*lease).clone()),
                     _lease: Lease::Single(lease),
                 }
             }
-            Pool::Cluster(pool) => {
+            Pools::Cluster(pool) => {
                 let lease = pool.get().await?;
                 Connection {
                     conn: Conn::Cluster((*lease).clone()),
                     _lease: Lease::Cluster(lease),
                 }
             }
-            Pool::Sentinel(pool) => {
+            Pools::Sentinel(pool) => {
                 let lease = pool.get().await?;
                 Connection {
                     conn: Conn::Direct((*lease).clone()),
@@ -495,11 +620,11 @@ pub fn pooled(config: &RedisConfig) -> anyhow::Result<Pool> {
     let unusable = |e: &dyn std::fmt::Display| {
         anyhow::anyhow!("redis {} is not usable: {e}", config.describe())
     };
-    Ok(match config.mode {
+    let pools = match config.mode {
         RedisMode::Single => {
             let mut cfg = deadpool_redis::Config::from_url(config.url.clone());
             cfg.pool = Some(pool_config);
-            Pool::Single(
+            Pools::Single(
                 cfg.create_pool(Some(Runtime::Tokio1))
                     .map_err(|e| unusable(&e))?,
             )
@@ -507,14 +632,18 @@ pub fn pooled(config: &RedisConfig) -> anyhow::Result<Pool> {
         RedisMode::Cluster => {
             let mut cfg = deadpool_redis::cluster::Config::from_urls(config.urls.clone());
             cfg.pool = Some(pool_config);
-            Pool::Cluster(
+            Pools::Cluster(
                 cfg.create_pool(Some(Runtime::Tokio1))
                     .map_err(|e| unusable(&e))?,
             )
         }
         RedisMode::Sentinel => {
-            Pool::Sentinel(sentinel_pool(config, pool_config).map_err(|e| unusable(&*e))?)
+            Pools::Sentinel(sentinel_pool(config, pool_config).map_err(|e| unusable(&*e))?)
         }
+    };
+    Ok(Pool {
+        pools,
+        config: Arc::new(config.clone()),
     })
 }
 
@@ -523,26 +652,17 @@ fn sentinel_pool(
     pool_config: PoolConfig,
 ) -> Result<deadpool_redis::sentinel::Pool, Box<dyn std::fmt::Display>> {
     use deadpool_redis::sentinel::{self, Hook, HookError};
-    let first = config
-        .urls
-        .first()
-        .map(|u| u.as_str().into_connection_info())
-        .transpose()
-        .map_err(|e| Box::new(e) as Box<dyn std::fmt::Display>)?;
-    let node = first.map(|info| sentinel::SentinelNodeConnectionInfo {
-        tls_mode: match info.addr() {
-            ConnectionAddr::TcpTls { insecure: true, .. } => Some(sentinel::TlsMode::Insecure),
-            ConnectionAddr::TcpTls { .. } => Some(sentinel::TlsMode::Secure),
-            _ => None,
-        },
-        redis_connection_info: Some(info.redis_settings().clone().into()),
-    });
+    let login = PrimaryLogin::of(config).map_err(|e| Box::new(e) as Box<dyn std::fmt::Display>)?;
+    let node = sentinel::SentinelNodeConnectionInfo {
+        tls_mode: login.tls.map(sentinel::TlsMode::from),
+        redis_connection_info: Some(login.settings.into()),
+    };
     let mut cfg = sentinel::Config::from_urls(
         config.urls.clone(),
         config.sentinel_master.clone().unwrap_or_default(),
         sentinel::SentinelServerType::Master,
     )
-    .with_node_connection_info(node);
+    .with_node_connection_info(Some(node));
     cfg.pool = Some(pool_config);
     // A primary demoted by a failover still answers PING: lend only the primary's.
     let still_primary = Hook::async_fn(|conn: &mut MultiplexedConnection, _| {

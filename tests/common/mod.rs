@@ -1117,3 +1117,53 @@ pub fn push_to(mock: &MockServer, worker: &Worker) {
     )
     .expect("push target");
 }
+
+// ----- the secured Redis Cluster and Sentinel of scripts/clusters.sh (tests/redis_secure_modes.rs) -----
+
+/// One of `scripts/clusters.sh`'s `WXPUSH_TEST_REDIS_SECURE_*` variables. Missing: `None`
+/// with a note on stdout (the test skips) on a developer's machine; a failure in CI
+/// (`CI=true`), where scripts/test.sh starts the secured set and the test must run.
+pub fn secure_env(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(value) if !value.trim().is_empty() => Some(value),
+        _ if std::env::var("CI").is_ok_and(|ci| ci == "true") => panic!(
+            "{var} is not set, and in CI this test must run: scripts/test.sh starts the secured Redis set with scripts/clusters.sh start"
+        ),
+        _ => {
+            println!(
+                "note: {var} is not set; skipped. Start the secured Redis set with: eval \"$(scripts/clusters.sh start-secure)\""
+            );
+            None
+        }
+    }
+}
+
+/// The Redis config for the secured `mode` (cluster or sentinel) of `scripts/clusters.sh`:
+/// TLS and passwords as an operator writes them (in the URLs; the primary's own password in
+/// sentinel mode), no replicas to wait for. Trusts the set's CA the way wxpush is told to,
+/// through `SSL_CERT_FILE`, set for this whole process. `None` as [`secure_env`].
+pub fn secure_redis(mode: RedisMode) -> Option<RedisConfig> {
+    let ca = secure_env("WXPUSH_TEST_REDIS_SECURE_CA")?;
+    // SAFETY: every test in the process sets the same value.
+    unsafe { std::env::set_var("SSL_CERT_FILE", &ca) };
+    let mut redis = RedisConfig {
+        mode,
+        replicas_ack: Some(0),
+        ..RedisConfig::default()
+    };
+    match mode {
+        RedisMode::Single => panic!("the secured set has cluster and sentinel mode only"),
+        RedisMode::Cluster => redis.urls = list(&secure_env("WXPUSH_TEST_REDIS_SECURE_CLUSTER")?),
+        RedisMode::Sentinel => {
+            redis.urls = list(&secure_env("WXPUSH_TEST_REDIS_SECURE_SENTINEL")?);
+            redis.sentinel_master = Some(secure_env("WXPUSH_TEST_REDIS_SECURE_SENTINEL_MASTER")?);
+            redis.sentinel_master_password =
+                Some(secure_env("WXPUSH_TEST_REDIS_SECURE_PRIMARY_PASSWORD")?);
+        }
+    }
+    Some(redis)
+}
+
+fn list(urls: &str) -> Vec<String> {
+    urls.split(',').map(str::to_owned).collect()
+}
