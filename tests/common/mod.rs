@@ -309,11 +309,12 @@ impl TestApp {
             .await;
     }
 
-    /// Waits until the emulator has accepted `n` sends.
+    /// Waits until the emulator has accepted `n` sends (30 s, plus 20 ms an event: a debug
+    /// build on a loaded 2-core CI machine sends a few hundred a second).
     pub async fn sent(&self, n: usize) -> Vec<wxpush_mock_wechat::AcceptedSend> {
         eventually(
             &format!("{n} accepted sends"),
-            Duration::from_secs(30),
+            Duration::from_secs(30) + Duration::from_millis(20) * n as u32,
             || async {
                 let sends = self.mock.sends();
                 (sends.len() >= n).then_some(sends)
