@@ -487,9 +487,9 @@ async fn consume(
                         publish_failed: publish_failed.clone(),
                     };
                     let publisher = session.publisher.clone();
-                    // Boxed: a message's future is some 15 KB, and tokio moves a task's
-                    // future by value when it spawns and when it finishes it (five copies
-                    // per message, 39 % of the worker's instructions); boxed, it is copied
+                    // Boxed: a message's future is large (it holds every phase's state),
+                    // and tokio moves a task's future by value when it spawns it and when
+                    // it finishes (about five copies per message); boxed, it is copied
                     // once and the task holds a pointer (see docs/benchmarks.md).
                     let message = Box::pin(process(ctx.clone(), publisher, acker.clone(), delivery, session_ends));
                     tracker.spawn(message);
