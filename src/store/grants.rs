@@ -175,27 +175,33 @@ fn kind_label<S: serde::Serializer>(kind: &Option<Kind>, s: S) -> Result<S::Ok, 
 /// when the marker was there (nothing changed), else one result per change:
 /// 'before:after:kind' counts, or 'unknown' for a use of a template with no entry (nothing
 /// written).
+///
+/// A use (or give-back) of a template with no entry is the common case on the send path
+/// (no grant was ever recorded): it costs one `HGET` and writes nothing, not even the TTL.
 static CHANGE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if ARGV[1] ~= '0' and not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then
   return {'duplicate'}
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now
 local out = {}
 for i = 3, #ARGV, 3 do
   local op, f, kind = ARGV[i], 't:' .. ARGV[i + 1] .. ':', ARGV[i + 2]
   local recorded = redis.call('HGET', KEYS[1], f .. 'n')
-  local n = tonumber(recorded or '0')
-  if kind == '' then
-    kind = redis.call('HGET', KEYS[1], f .. 'kind') or ''
-  else
-    redis.call('HSET', KEYS[1], f .. 'kind', kind)
-  end
-  local long = kind == 'long'
   if (op == 'use' or op == 'return') and not recorded then
     table.insert(out, 'unknown')
   else
+    if not now then
+      local t = redis.call('TIME')
+      now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    end
+    local n = tonumber(recorded or '0')
+    if kind == '' then
+      kind = redis.call('HGET', KEYS[1], f .. 'kind') or ''
+    else
+      redis.call('HSET', KEYS[1], f .. 'kind', kind)
+    end
+    local long = kind == 'long'
     if op == 'accept' or op == 'acceptWithAudio' then
       if long then n = 1 else n = n + 1 end
     elseif op == 'off' or op == 'refused' then
@@ -214,7 +220,7 @@ for i = 3, #ARGV, 3 do
     table.insert(out, tonumber(recorded or '0') .. ':' .. n .. ':' .. kind)
   end
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if now then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return out",
     )
 });

@@ -487,7 +487,12 @@ async fn consume(
                         publish_failed: publish_failed.clone(),
                     };
                     let publisher = session.publisher.clone();
-                    tracker.spawn(process(ctx.clone(), publisher, acker.clone(), delivery, session_ends));
+                    // Boxed: a message's future is large (it holds every phase's state),
+                    // and tokio moves a task's future by value when it spawns it and when
+                    // it finishes (about five copies per message); boxed, it is copied
+                    // once and the task holds a pointer (see docs/benchmarks.md).
+                    let message = Box::pin(process(ctx.clone(), publisher, acker.clone(), delivery, session_ends));
+                    tracker.spawn(message);
                 }
                 Some(Err(e)) => return Err(anyhow::anyhow!("consumer failed: {e}")),
                 None => return Err(anyhow::anyhow!("the broker cancelled the consumer")),

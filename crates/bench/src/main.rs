@@ -152,6 +152,11 @@ pub struct BenchArgs {
     /// Keep the bench's queues, Redis keys and temp dir afterwards
     #[arg(long)]
     pub keep: bool,
+    /// Start each worker process through this command (split at spaces), for profiling:
+    /// `env LD_PRELOAD=… VAR=…` execs the worker in place, so its pid, CPU and RSS are still
+    /// the worker's (a wrapper that forks instead, e.g. `valgrind`, is what gets measured)
+    #[arg(long, value_name = "COMMAND", requires = "processes")]
+    pub wrap: Option<String>,
 }
 
 /// `1000/s`, `1000`, `60000/min`, `1000/sec` → events per second.

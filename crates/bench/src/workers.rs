@@ -44,6 +44,17 @@ pub fn process_args(config: &Path) -> Vec<OsString> {
     ]
 }
 
+/// This binary, or `--wrap`'s command with this binary as its last argument.
+fn worker_command(exe: &Path, wrap: Option<&str>) -> tokio::process::Command {
+    let mut words = wrap.unwrap_or_default().split_whitespace();
+    let Some(program) = words.next() else {
+        return tokio::process::Command::new(exe);
+    };
+    let mut command = tokio::process::Command::new(program);
+    command.args(words).arg(exe);
+    command
+}
+
 fn tail(path: &PathBuf, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
@@ -70,7 +81,7 @@ impl Workers {
                     let log = plan.dir.join(format!("worker-{i}.log"));
                     let file = std::fs::File::create(&log)
                         .with_context(|| format!("cannot create {}", log.display()))?;
-                    let child = tokio::process::Command::new(&exe)
+                    let child = worker_command(&exe, plan.args.wrap.as_deref())
                         .args(process_args(&plan.config_path))
                         .stdin(Stdio::null())
                         .stdout(file.try_clone()?)
