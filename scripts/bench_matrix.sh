@@ -13,8 +13,8 @@
 #
 # Redis commands are counted server-wide (INFO commandstats): on a Redis shared with other
 # work, point the bench at a private one, e.g.
-#   redis-server --port 6390 --save '' --appendonly no --daemonize yes
-#   WXPUSH_REDIS__URL=redis://127.0.0.1:6390/0 scripts/bench_matrix.sh
+#   redis-server --port 6391 --save '' --appendonly no --daemonize yes
+#   WXPUSH_REDIS__URL=redis://127.0.0.1:6391/0 scripts/bench_matrix.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${BIN:-}" ]; then
