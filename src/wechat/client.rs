@@ -310,6 +310,8 @@ fn strip_data(code: &str) -> &str {
 pub struct WechatClient {
     http: reqwest::Client,
     base: String,
+    /// subscribe/send's URL, parsed once: the hot path only appends the token.
+    send_url: reqwest::Url,
 }
 
 impl fmt::Debug for WechatClient {
@@ -328,11 +330,21 @@ impl WechatClient {
             .pool_max_idle_per_host(config.max_idle_connections)
             .tcp_nodelay(true)
             .user_agent(concat!("wxpush/", env!("CARGO_PKG_VERSION")))
+            // WeChat's API never redirects; following one would carry the token elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| CallError::Connect(error_chain(&e.without_url())))?;
+        let base = config.api_base.trim_end_matches('/').to_owned();
+        let send_url = reqwest::Url::parse(&format!("{base}/cgi-bin/message/subscribe/send"))
+            .map_err(|e| {
+                CallError::Connect(format!(
+                    "wechat.api_base `{base}` is not a URL ({e}); write e.g. https://api.weixin.qq.com"
+                ))
+            })?;
         Ok(WechatClient {
             http,
-            base: config.api_base.trim_end_matches('/').to_owned(),
+            base,
+            send_url,
         })
     }
 
@@ -405,13 +417,12 @@ impl WechatClient {
         message: &SubscribeMessage,
     ) -> Result<u64, CallError> {
         let body = serde_json::to_vec(message).expect("a SubscribeMessage always serializes");
+        let mut url = self.send_url.clone();
+        url.query_pairs_mut()
+            .append_pair("access_token", token.expose());
         let request = self
             .http
-            .post(format!(
-                "{}/cgi-bin/message/subscribe/send?access_token={}",
-                self.base,
-                token.expose()
-            ))
+            .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
         Ok(self.call(request).await?.msgid.unwrap_or(0))
