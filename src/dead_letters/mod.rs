@@ -33,10 +33,11 @@
 //! **Copies.** The broker may hold two copies of one dead letter (a worker killed between
 //! the dead letter's confirm and its Redis record publishes it again on redelivery; a
 //! publish that timed out in a resource alarm lands later): they carry the same letter id
-//! (`x-wxpush-letter-id`, the deciding claim's). A scan treats them as one letter: a
-//! listing shows it once with its number of copies, a filter's count and `limit` count it
-//! once, and replaying or purging it acks its copies with it (after its republish was
-//! confirmed), so the event goes back to the worker once.
+//! (`x-wxpush-letter-id`, the deciding claim's) and the same body. A scan treats messages
+//! with the same id and body as one letter: a listing shows it once with its number of
+//! copies, a filter's count and `limit` count it once, and replaying or purging it acks its
+//! copies with it (in the same transaction or a later one), so the event goes back to the
+//! worker once.
 
 pub mod filter;
 pub mod view;
@@ -282,15 +283,15 @@ pub async fn read(
     }
     let mut letters: Vec<Letter> = Vec::new();
     let mut kept: Vec<Read> = Vec::new();
-    // Letter id → (index in `letters`, index in `kept`), to fold copies into their letter.
-    let mut seen: HashMap<String, (usize, Option<usize>)> = HashMap::new();
+    // Copy key → (index in `letters`, index in `kept`), to fold copies into their letter.
+    let mut seen: HashMap<CopyKey, (usize, Option<usize>)> = HashMap::new();
     let result = loop {
         match scan.next(cancel).await {
             Ok(Some(delivery)) => {
                 Progress::add(&progress.scanned, 1);
                 let letter = Letter::of_delivery(scan.scanned as usize, &delivery);
-                if let Some(&(at, kept_at)) = letter.letter_id.as_ref().and_then(|id| seen.get(id))
-                {
+                let key = CopyKey::of(&letter, &delivery.data);
+                if let Some(&(at, kept_at)) = key.as_ref().and_then(|k| seen.get(k)) {
                     Progress::add(&progress.copies, 1);
                     letters[at].copies += 1;
                     if let Some(k) = kept_at {
@@ -306,8 +307,8 @@ pub async fn read(
                     });
                     kept.len() - 1
                 });
-                if let Some(id) = &letter.letter_id {
-                    seen.insert(id.clone(), (letters.len(), kept_at));
+                if let Some(key) = key {
+                    seen.insert(key, (letters.len(), kept_at));
                 }
                 letters.push(letter);
             }
@@ -356,8 +357,8 @@ pub async fn run(
     };
     let now = OffsetDateTime::now_utc();
     let mut taken: u64 = 0;
-    // Letter ids this run took: a later copy goes with its letter (see the module docs).
-    let mut taken_ids: HashSet<String> = HashSet::new();
+    // The letters this run took: a later copy goes with its letter (see the module docs).
+    let mut taken_keys: HashSet<CopyKey> = HashSet::new();
     let result = loop {
         if limit.is_some_and(|l| taken >= l) {
             break Ok(());
@@ -369,11 +370,8 @@ pub async fn run(
         };
         Progress::add(&progress.scanned, 1);
         let letter = Letter::of_delivery(scan.scanned as usize, &delivery);
-        if letter
-            .letter_id
-            .as_ref()
-            .is_some_and(|id| taken_ids.contains(id))
-        {
+        let key = CopyKey::of(&letter, &delivery.data);
+        if key.as_ref().is_some_and(|k| taken_keys.contains(k)) {
             Progress::add(&progress.copies, 1);
             if let Err(e) = batch.push_copy(delivery).await {
                 break Err(e);
@@ -387,8 +385,8 @@ pub async fn run(
         Progress::add(&progress.matched, 1);
         taken += 1;
         on_match(&letter);
-        if let Some(id) = letter.letter_id.clone() {
-            taken_ids.insert(id);
+        if let Some(key) = key {
+            taken_keys.insert(key);
         }
         if let Err(e) = batch.push(delivery, progress).await {
             break Err(e);
@@ -404,6 +402,29 @@ pub async fn run(
     let mut tally = progress.snapshot();
     tally.interrupted = cancel.is_cancelled();
     Ok(tally)
+}
+
+/// What makes two messages copies of one dead letter: the same letter id *and* the same
+/// body (a copy is the same message published again; a foreign writer reusing our headers on
+/// other bodies must not make them one letter). The body goes in as a hash, so a scan keeps
+/// no bodies.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CopyKey {
+    letter_id: String,
+    body_hash: u64,
+}
+
+impl CopyKey {
+    fn of(letter: &Letter, body: &[u8]) -> Option<CopyKey> {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let letter_id = letter.letter_id.clone()?;
+        let mut hasher = DefaultHasher::new();
+        body.hash(&mut hasher);
+        Some(CopyKey {
+            letter_id,
+            body_hash: hasher.finish(),
+        })
+    }
 }
 
 /// The letters of the transaction in progress (see "Replaying" in the module docs).
