@@ -93,15 +93,19 @@ async fn shot(c: &Client, name: &str) {
     std::fs::write(&path, png).expect("screenshot written");
 }
 
+/// The text of the element `css` selects, once the page has one. Looked up again when the
+/// element goes stale between finding and reading it (a page that refreshes itself, such
+/// as a running job's).
 async fn text(c: &Client, css: &str) -> String {
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"))
-        .text()
-        .await
-        .unwrap()
+    eventually(
+        &format!("`{css}` on the page"),
+        Duration::from_secs(20),
+        || async {
+            let element = c.find(Locator::Css(css)).await.ok()?;
+            element.text().await.ok()
+        },
+    )
+    .await
 }
 
 /// Clicks the element `css` selects.
