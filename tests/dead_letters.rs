@@ -94,26 +94,7 @@ async fn a_forced_close_mid_replay_loses_nothing_and_sends_each_event_once() {
         .iter()
         .map(|l| (l.body.clone(), l.properties.clone()))
         .collect();
-    app.fill_dead(&again).await;
-    let connection = wxpush::broker::connect(AMQP_URL, "replay-close again")
-        .await
-        .unwrap();
-    let tally = dead_letters::run(
-        &connection,
-        &queues(&app, 256),
-        &replay_all(),
-        &Progress::default(),
-        &CancellationToken::new(),
-        |_| {},
-    )
-    .await
-    .expect("the second replay runs");
-    let _ = connection.close(200, "done".into()).await;
-    assert_eq!(tally.done as usize, N);
-    let worker = app.worker().await;
-    let sends = app.sent(N).await;
-    assert_each_sent_once(&sends, N);
-    worker.shutdown().await.unwrap();
+    app.replay_all_and_deliver_once(&again).await;
     app.cleanup().await;
 }
 

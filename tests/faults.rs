@@ -839,29 +839,7 @@ async fn replay_under_a_broker_restart() {
     app.assert_each_in_one_queue(&ids).await;
 
     // Everything back to the dead-letter queue, replayed whole, delivered: each sent once.
-    app.fill_dead(&letters).await;
-    let connection = wxpush::broker::connect(AMQP_URL, "replay restart again")
-        .await
-        .unwrap();
-    let tally = dead_letters::run(
-        &connection,
-        &Queues {
-            window: 256,
-            ..queues
-        },
-        &replay_all,
-        &Progress::default(),
-        &CancellationToken::new(),
-        |_| {},
-    )
-    .await
-    .expect("the second replay runs");
-    let _ = connection.close(200, "done".into()).await;
-    assert_eq!(tally.done as usize, n);
-    let worker = app.worker().await;
-    let sends = app.sent(n).await;
-    assert_each_sent_once(&sends, n);
-    worker.shutdown().await.unwrap();
+    app.replay_all_and_deliver_once(&letters).await;
     drop(rabbit);
     app.cleanup().await;
 }

@@ -827,6 +827,44 @@ impl TestApp {
 }
 
 impl TestApp {
+    /// After an interrupted replay and [`TestApp::assert_each_in_one_queue`]: puts every
+    /// letter back in the dead-letter queue, replays them all, lets a worker deliver, and
+    /// checks each event was sent once.
+    pub async fn replay_all_and_deliver_once(&self, letters: &[(Vec<u8>, BasicProperties)]) {
+        use tokio_util::sync::CancellationToken;
+        use wxpush::dead_letters::{self, Action, Filter, Order, Progress, Queues};
+        let n = letters.len();
+        self.fill_dead(letters).await;
+        let connection = wxpush::broker::connect(AMQP_URL, "replay again")
+            .await
+            .unwrap();
+        let order = Order {
+            filter: Filter::default(),
+            action: Action::Replay,
+            limit: None,
+        };
+        let queues = Queues {
+            window: 256,
+            ..Queues::of(&self.config.amqp)
+        };
+        let tally = dead_letters::run(
+            &connection,
+            &queues,
+            &order,
+            &Progress::default(),
+            &CancellationToken::new(),
+            |_| {},
+        )
+        .await
+        .expect("the second replay runs");
+        let _ = connection.close(200, "done".into()).await;
+        assert_eq!(tally.done as usize, n);
+        let worker = self.worker().await;
+        let sends = self.sent(n).await;
+        assert_each_sent_once(&sends, n);
+        worker.shutdown().await.unwrap();
+    }
+
     /// After an interrupted replay: takes every message off the events queue and the
     /// dead-letter queue and checks each of `ids` is in exactly one of them (none lost, none
     /// twice, none in both). Returns the ids found in the events queue.
