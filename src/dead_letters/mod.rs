@@ -437,8 +437,9 @@ struct Batch {
     dead: String,
     window: usize,
     commit_timeout: Duration,
-    /// Letters taken in the open transaction, with their properties as republished.
-    taken: Vec<(Delivery, BasicProperties)>,
+    /// Letters taken in the open transaction, with their properties as republished
+    /// (replay only: what matches a returned republish to its letter).
+    taken: Vec<(Delivery, Option<BasicProperties>)>,
 }
 
 impl Batch {
@@ -465,16 +466,20 @@ impl Batch {
             Progress::add(&progress.done, 1);
             return Ok(());
         }
-        let properties = publish::republished(
-            &delivery.properties,
-            dead_letter::for_replay(&h::of(&delivery.properties)),
-        );
-        if self.action == Action::Replay {
-            self.publish_to(&self.events, &delivery.data, properties.clone())
-                .await?;
-        }
+        let republished = match self.action {
+            Action::Replay => {
+                let properties = publish::republished(
+                    &delivery.properties,
+                    dead_letter::for_replay(&h::of(&delivery.properties)),
+                );
+                self.publish_to(&self.events, &delivery.data, properties.clone())
+                    .await?;
+                Some(properties)
+            }
+            Action::Purge | Action::Count => None,
+        };
         ack(&delivery).await?;
-        self.taken.push((delivery, properties));
+        self.taken.push((delivery, republished));
         if self.taken.len() >= self.window {
             self.commit(progress).await?;
         }
@@ -524,11 +529,10 @@ impl Batch {
         self.commit_now(taken.len()).await?;
         let mut returned = self.channel.wait_for_confirms().await.unwrap_or_default();
         let mut put_back = 0;
-        for (delivery, properties) in &taken {
-            if let Some(i) = returned
-                .iter()
-                .position(|r| r.data == delivery.data && &r.properties == properties)
-            {
+        for (delivery, republished) in &taken {
+            if let Some(i) = returned.iter().position(|r| {
+                r.data == delivery.data && republished.as_ref() == Some(&r.properties)
+            }) {
                 returned.swap_remove(i);
                 self.publish_to(&self.dead, &delivery.data, delivery.properties.clone())
                     .await?;
