@@ -72,7 +72,7 @@ pub struct ReplayArgs {
     /// Print what would move; change nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// Republishes whose confirms are awaited together
+    /// Letters per batch: each batch's republishes and acks are one transaction
     #[arg(long, value_name = "N", default_value_t = dead_letters::DEFAULT_WINDOW)]
     pub window: usize,
 }

@@ -85,9 +85,9 @@ pub struct Queues {
     pub dead: String,
     /// `amqp.queue`: where replayed letters go.
     pub events: String,
-    /// `amqp.confirm_timeout`.
+    /// `amqp.confirm_timeout`: how long a batch's commit may take.
     pub confirm_timeout: Duration,
-    /// Republishes whose confirms are awaited together.
+    /// Letters per batch (one transaction each).
     pub window: usize,
 }
 
