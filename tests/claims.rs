@@ -9,7 +9,9 @@ mod common;
 
 use deadpool_redis::redis;
 use wxpush::store::Conn;
-use wxpush::store::claims::{self, Claim, ClaimId, ClaimRequest, PendingDeadLetter, PendingMark};
+use wxpush::store::claims::{
+    self, Claim, ClaimId, ClaimReply, ClaimRequest, PendingDeadLetter, PendingMark,
+};
 
 /// Short enough that a test can wait for a claim to lapse.
 const LEASE: Duration = Duration::from_millis(300);
@@ -49,6 +51,16 @@ async fn claim_replayed(
     seen_before: bool,
     replayed: i64,
 ) -> Claim {
+    claim_reply(c, keys, id, seen_before, replayed).await.claim
+}
+
+async fn claim_reply(
+    c: &mut Conn,
+    keys: &Keys,
+    id: &ClaimId,
+    seen_before: bool,
+    replayed: i64,
+) -> ClaimReply {
     let request = ClaimRequest {
         key: &keys.event,
         epoch_key: &keys.epoch,
@@ -392,4 +404,62 @@ async fn a_released_orphan_claim_reads_as_never_sent() {
         Claim::Fresh { openid: None }
     );
     cleanup(&mut c, &keys).await;
+}
+
+/// Redis's clock in Unix ms.
+async fn redis_ms(c: &mut Conn) -> u64 {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(c).await.unwrap();
+    secs * 1000 + micros / 1000
+}
+
+/// A taken claim tells Redis's time, which the sent mark builds on (it runs no script); a
+/// claim not taken tells none. The mark writes the state, the msgid and that time, and
+/// renews the record's TTL.
+#[tokio::test]
+async fn a_taken_claim_tells_redis_time_and_the_sent_mark_keeps_it() {
+    let mut c = conn().await;
+    let keys = Keys::new("sent-time");
+    claims::ensure_epoch(&mut c, &keys.epoch).await.unwrap();
+    let before = redis_ms(&mut c).await;
+    let taken = claim_reply(&mut c, &keys, &ClaimId::new(), false, 0).await;
+    let after = redis_ms(&mut c).await;
+    assert_eq!(taken.claim, Claim::Fresh { openid: None });
+    let at = taken.at_ms.expect("a taken claim tells the time");
+    assert!(
+        (before..=after).contains(&at),
+        "{before} <= {at} <= {after}"
+    );
+    let busy = claim_reply(&mut c, &keys, &ClaimId::new(), false, 0).await;
+    assert_eq!((busy.claim, busy.at_ms), (Claim::Busy, None));
+
+    redis::cmd("PEXPIRE")
+        .arg(&keys.event)
+        .arg(5_000)
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    claims::mark_sent(&mut c, &keys.event, 42, at + 7, TTL)
+        .await
+        .unwrap();
+    let (state, msgid, sent_ms, received_ms): (String, u64, u64, u64) = redis::cmd("HMGET")
+        .arg(&keys.event)
+        .arg(&["state", "msgid", "sent_ms", "received_ms"])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!((state.as_str(), msgid, sent_ms), ("sent", 42, at + 7));
+    assert_eq!(received_ms, at, "the record's first time is the claim's");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&keys.event)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 5_000,
+        "the mark renews the TTL to {TTL:?}: {ttl} ms left"
+    );
+    assert_eq!(
+        claim(&mut c, &keys, &ClaimId::new(), true).await,
+        Claim::AlreadySent { msgid: Some(42) }
+    );
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 use wxpush::config::WithoutGrant;
+use wxpush::store::grants::{self, Choice};
 use wxpush::worker::Worker;
 use wxpush_mock_wechat::MockOptions;
 
@@ -112,4 +113,50 @@ fn until_next_second() -> Duration {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
     Duration::from_millis(1005 - u64::from(now.subsec_millis()))
+}
+
+/// Under the default `policy.without_grant = "send"` the ledger is kept after the fact: a
+/// send uses one of the user's recorded one-time grants when the app receives pushes (has a
+/// push Token). An app without one can have no grants (its pushes are refused), so its
+/// sends leave the ledger as it is: its only entries are 43101 zeros.
+#[tokio::test]
+async fn a_send_uses_a_recorded_grant_only_for_an_app_with_push() {
+    for with_push in [true, false] {
+        let app = TestApp::start_with("grant-use", MockOptions::default(), |c| {
+            if with_push {
+                enable_push(c);
+            }
+        })
+        .await;
+        let user = openid(7);
+        let key = wxpush::store::Keys::new(&app.prefix).grants("default", &user);
+        let redis = wxpush::store::HotPath::new(&app.config.redis).unwrap();
+        let count = || async {
+            let mut conn = redis.get().await.unwrap();
+            grants::read_all(&mut conn, &key)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|r| r.template_id == "TPL_ORDER_PAID")
+                .map(|r| r.count)
+        };
+        {
+            let mut conn = redis.get().await.unwrap();
+            for _ in 0..2 {
+                grants::record_choice(&mut conn, &key, "TPL_ORDER_PAID", Choice::Accept, false)
+                    .await
+                    .unwrap();
+            }
+        }
+        let worker = app.worker().await;
+        let mut event = order_paid("grant-use-1", 1);
+        event["recipient"] = json!({ "openid": user });
+        app.publish(&event).await;
+        app.sent(1).await;
+        // A graceful shutdown waits for the message's task: its ledger write is done.
+        worker.shutdown().await.unwrap();
+        let expected = if with_push { 1 } else { 2 };
+        assert_eq!(count().await, Some(expected), "with push: {with_push}");
+        app.cleanup().await;
+    }
 }

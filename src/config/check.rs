@@ -52,6 +52,13 @@ fn read_secret(
 }
 
 impl AppConfig {
+    /// Whether the app's message pushes are accepted (it has the console's push Token):
+    /// only such an app's grant ledger can hold grants; without pushes it records 43101s
+    /// alone.
+    pub fn receives_pushes(&self) -> bool {
+        self.push_token_env.is_some() || self.push_token_file.is_some()
+    }
+
     /// Reads the app's secret from its environment variable or file.
     pub fn secret(&self) -> Result<SecretString, String> {
         read_secret(
@@ -135,10 +142,10 @@ impl Loaded {
             }
         }
         if config.push.is_some()
-            && !config.apps.values().any(|app| {
-                let app = app.get_ref();
-                app.push_token_env.is_some() || app.push_token_file.is_some()
-            })
+            && !config
+                .apps
+                .values()
+                .any(|app| app.get_ref().receives_pushes())
         {
             add(
                 nowhere.clone(),

@@ -1,5 +1,5 @@
 //! Never sending an event twice: each event id has a small hash in Redis, changed only by
-//! the scripts below, each of which takes its own keys only.
+//! the functions below (scripts, and the sent mark's `MULTI`), each on its own keys only.
 //!
 //! `state` is one of:
 //! - `claimed`: the delivery holding `claim_id` may send it, until `deadline_ms` (Redis
@@ -18,9 +18,10 @@
 //!   too.
 //!
 //! The same hash is the event's **delivery record** (read by `store::event_record`), written
-//! by the same scripts so it costs no round trip of its own: `received_ms`, `type`, `app`
+//! with the state by the same calls, so it costs no round trip of its own: `received_ms`, `type`, `app`
 //! (first claim), `log` (one `time_ms errcode class` line per failed attempt, the last 20),
-//! `sent_ms` and `msgid`, `dead_ms`, `outcome_ms`. All times are Redis's.
+//! `sent_ms` and `msgid`, `dead_ms`, `outcome_ms`. All times are Redis's (`sent_ms`: its
+//! time at the claim plus the worker's time since, see [`mark_sent`]).
 //!
 //! `dead_pending` and `dead` are terminal until an operator replays the message: a replay
 //! raises `x-wxpush-replayed` above the count recorded with the state, and the event starts
@@ -49,13 +50,14 @@ use deadpool_redis::redis::{self, Script};
 /// long (plus a retry tier's delay) after it died.
 pub const CLAIM_LEASE: Duration = Duration::from_secs(6);
 
-/// The claim script; see the module docs. Returns `{answer, openid, [class, errcode, errmsg]}`.
+/// The claim script; see the module docs. Returns `{answer, openid, …}`: for a taken claim
+/// (`fresh`, `ambiguous`, `lost`) Redis's time, for the others what they carry.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local state = redis.call('HGET', KEYS[1], 'state')
-local openid = redis.call('HGET', KEYS[1], 'openid') or ''
+local found = redis.call('HMGET', KEYS[1], 'state', 'openid')
+local state, openid = found[1], found[2] or ''
 if state == 'sent' then return {'sent', openid, redis.call('HGET', KEYS[1], 'msgid') or ''} end
 if state == 'skipped' or state == 'refused' then return {'decided', openid, state} end
 if (state == 'dead' or state == 'dead_pending' or state == 'ambiguous')
@@ -77,12 +79,18 @@ elseif not state then
   end
   if ARGV[5] == '1' and now - lost_at < tonumber(ARGV[6]) then answer = 'lost' end
 end
-redis.call('HSET', KEYS[1], 'state', 'claimed', 'claim_id', ARGV[1], 'deadline_ms', now + tonumber(ARGV[2]))
-redis.call('HSETNX', KEYS[1], 'received_ms', now)
-redis.call('HSETNX', KEYS[1], 'type', ARGV[7])
-redis.call('HSETNX', KEYS[1], 'app', ARGV[8])
+local deadline = now + tonumber(ARGV[2])
+if not state then
+  redis.call('HSET', KEYS[1], 'state', 'claimed', 'claim_id', ARGV[1], 'deadline_ms', deadline,
+    'received_ms', now, 'type', ARGV[7], 'app', ARGV[8])
+else
+  redis.call('HSET', KEYS[1], 'state', 'claimed', 'claim_id', ARGV[1], 'deadline_ms', deadline)
+  redis.call('HSETNX', KEYS[1], 'received_ms', now)
+  redis.call('HSETNX', KEYS[1], 'type', ARGV[7])
+  redis.call('HSETNX', KEYS[1], 'app', ARGV[8])
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {answer, openid}",
+return {answer, openid, string.format('%.0f', now)}",
     )
 });
 
@@ -108,17 +116,6 @@ log = log .. string.format('%.0f', now) .. ' ' .. ARGV[2] .. ' ' .. ARGV[3] .. '
 local _, lines = string.gsub(log, '\n', '')
 if lines > 20 then log = string.sub(log, string.find(log, '\n') + 1) end
 redis.call('HSET', KEYS[1], 'state', 'failed', 'errcode', ARGV[2], 'log', log)
-return 1",
-    )
-});
-
-/// Marks the event sent, whoever holds the claim ("sent" is the truth).
-static SENT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'state', 'sent', 'msgid', ARGV[1], 'sent_ms', now)
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1",
     )
 });
@@ -264,11 +261,19 @@ fn ms(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
 }
 
+/// What the claim script found, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimReply {
+    pub claim: Claim,
+    /// Redis's time (Unix ms) when the claim was taken; `None` when it was not.
+    pub at_ms: Option<u64>,
+}
+
 /// Claims the event for `claim_id` for `request.lease` (renewed by [`renew`]).
 pub async fn claim(
     conn: &mut impl redis::aio::ConnectionLike,
     request: &ClaimRequest<'_>,
-) -> redis::RedisResult<Claim> {
+) -> redis::RedisResult<ClaimReply> {
     let reply: Vec<String> = CLAIM
         .key(request.key)
         .key(request.epoch_key)
@@ -284,7 +289,7 @@ pub async fn claim(
         .await?;
     let field = |i: usize| reply.get(i).cloned().unwrap_or_default();
     let openid = Some(field(1)).filter(|s| !s.is_empty());
-    Ok(match field(0).as_str() {
+    let claim = match field(0).as_str() {
         "sent" => Claim::AlreadySent {
             msgid: field(2).parse().ok(),
         },
@@ -306,7 +311,12 @@ pub async fn claim(
             letter_id: field(5),
         },
         _ => Claim::Fresh { openid },
-    })
+    };
+    let at_ms = match claim {
+        Claim::Fresh { .. } | Claim::Ambiguous { .. } | Claim::Lost => field(2).parse().ok(),
+        _ => None,
+    };
+    Ok(ClaimReply { claim, at_ms })
 }
 
 /// Extends the claim by `lease` if it is still `claim_id`'s; `false` when it is not
@@ -347,20 +357,32 @@ where
         .collect()
 }
 
-/// Marks the event sent. Unconditional: "sent" is the truth whoever holds the claim.
+/// Marks the event sent. Unconditional: "sent" is the truth whoever holds the claim. No
+/// script (a script call costs Redis more than the rest of a message's writes): `sent_ms`
+/// comes from the worker, as Redis's time at the claim plus the time since (see
+/// [`ClaimReply::at_ms`]), so the record's times still share Redis's clock.
 pub async fn mark_sent(
     conn: &mut impl redis::aio::ConnectionLike,
     key: &str,
     msgid: u64,
+    sent_ms: u64,
     ttl: Duration,
 ) -> redis::RedisResult<()> {
-    let _: i64 = SENT
-        .key(key)
+    redis::pipe()
+        .atomic()
+        .cmd("HSET")
+        .arg(key)
+        .arg(&["state", "sent", "msgid"])
         .arg(msgid)
+        .arg("sent_ms")
+        .arg(sent_ms)
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(key)
         .arg(ms(ttl))
-        .invoke_async(conn)
-        .await?;
-    Ok(())
+        .ignore()
+        .query_async(conn)
+        .await
 }
 
 /// How an event was decided without a send.

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use lapin::types::FieldTable;
 use tracing::Span;
+use tracing::field::Value;
 
 use super::Ctx;
 use super::app_hold::HoldGate;
@@ -73,6 +74,8 @@ struct Claimed {
     key: String,
     claim_id: ClaimId,
     claimed_at: Instant,
+    /// Redis's time at the claim (Unix ms): the base of the sent mark's time.
+    claimed_at_ms: Option<u64>,
     /// The openid a js_code of this event was already exchanged for.
     remembered_openid: Option<String>,
 }
@@ -157,6 +160,7 @@ async fn decide(
         key: &claimed.key,
         claim_id: &claimed.claim_id,
         claimed_at: claimed.claimed_at,
+        claimed_at_ms: claimed.claimed_at_ms,
         attempts: history.attempts,
         openid: &message.touser,
         grant_taken,
@@ -170,10 +174,8 @@ fn prepare<'a>(ctx: &'a Ctx, body: &[u8]) -> Result<Prepared<'a>, Disposition> {
         metrics::counter!(m::EVENTS_CONSUMED, "type" => "unknown").increment(1);
         invalid(format!("malformed event: {e}"), None)
     })?;
-    let span = Span::current();
-    span.record("event_id", event.id.as_str());
-    span.record("event_type", event.kind.as_str());
     let Some(template) = ctx.templates.get(&event.kind) else {
+        name_span(&event.id, &event.kind, None);
         metrics::counter!(m::EVENTS_CONSUMED, "type" => "unknown").increment(1);
         return Err(invalid(
             format!("no template for event type `{}`", event.kind),
@@ -182,7 +184,7 @@ fn prepare<'a>(ctx: &'a Ctx, body: &[u8]) -> Result<Prepared<'a>, Disposition> {
     };
     metrics::counter!(m::EVENTS_CONSUMED, "type" => template.event.clone()).increment(1);
     let app = event.app.clone().unwrap_or_else(|| template.app.clone());
-    span.record("app", app.as_str());
+    name_span(&event.id, &event.kind, Some(&app));
     if ctx.tokens.credentials(&app).is_err() {
         return Err(invalid(
             format!("unknown app `{app}` (not in [apps])"),
@@ -208,6 +210,28 @@ fn prepare<'a>(ctx: &'a Ctx, body: &[u8]) -> Result<Prepared<'a>, Disposition> {
         app,
         message,
     })
+}
+
+/// Records the event on the message's span in one go: each `record` call renders the span's
+/// fields anew (in the JSON log format, a parse and a serialisation of all of them).
+fn name_span(event_id: &str, event_type: &str, app: Option<&str>) {
+    let span = Span::current();
+    let Some(fields) = span.metadata().map(|metadata| metadata.fields()) else {
+        return;
+    };
+    let (Some(id_field), Some(type_field), Some(app_field)) = (
+        fields.field("event_id"),
+        fields.field("event_type"),
+        fields.field("app"),
+    ) else {
+        return;
+    };
+    let app = app.as_ref().map(|app| app as &dyn Value);
+    span.record_all(&fields.value_set(&[
+        (&id_field, Some(&event_id as &dyn Value)),
+        (&type_field, Some(&event_type as &dyn Value)),
+        (&app_field, app),
+    ]));
 }
 
 /// Whether the app may send now: not while its credentials are refused (this worker's
@@ -298,11 +322,12 @@ async fn claim(
     };
     let claimed_at = Instant::now();
     let mut conn = ctx.hot_path.get().await?;
-    let found = claims::claim(&mut conn, &request).await.map_err(|e| {
+    let reply = claims::claim(&mut conn, &request).await.map_err(|e| {
         // The script may have run although its reply was lost: release that claim later.
         ctx.keeper.orphan(&key, &claim_id);
         Disposition::redis("claim", e)
     })?;
+    let found = reply.claim;
     if matches!(
         found,
         Claim::Fresh { .. } | Claim::Ambiguous { .. } | Claim::Lost
@@ -346,6 +371,7 @@ async fn claim(
         key,
         claim_id,
         claimed_at,
+        claimed_at_ms: reply.at_ms,
         remembered_openid,
     })
 }

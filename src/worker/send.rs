@@ -33,6 +33,8 @@ pub struct Attempt<'a> {
     pub claim_id: &'a ClaimId,
     /// When the claim was asked for (its lease runs from a moment after this).
     pub claimed_at: Instant,
+    /// Redis's time at the claim (Unix ms), if it said.
+    pub claimed_at_ms: Option<u64>,
     /// Failed sends before this one.
     pub attempts: u32,
     /// The recipient, for the grant ledger.
@@ -134,8 +136,10 @@ async fn sent(ctx: &Ctx, this: &Attempt<'_>, msgid: u64) -> Disposition {
     ctx.breaker.reset(this.app);
     ctx.holds.succeeded(&ctx.hot_path, this.app).await;
     let ledger = async {
-        // A grant taken before the send was already used then.
-        if !this.grant_taken {
+        // A grant taken before the send was already used then. An app without message push
+        // has no grant to use: its ledger only ever records 43101s (nothing left), which a
+        // use would leave at 0, so the round trip is skipped.
+        if !this.grant_taken && receives_pushes(ctx, this.app) {
             update_ledger(ctx, this, Ledger::Used).await;
         }
     };
@@ -147,17 +151,38 @@ async fn sent(ctx: &Ctx, this: &Attempt<'_>, msgid: u64) -> Disposition {
     Disposition::Sent { msgid }
 }
 
+fn receives_pushes(ctx: &Ctx, app: &str) -> bool {
+    ctx.config
+        .apps
+        .get(app)
+        .is_some_and(|config| config.get_ref().receives_pushes())
+}
+
 /// Best effort: the message is sent whatever Redis says, so it is acked either way.
 async fn mark_sent(ctx: &Ctx, this: &Attempt<'_>, msgid: u64) {
     let ttl = ctx.config.policy.idempotency_ttl;
+    let sent_ms = sent_at_ms(this);
     let marked = ctx
         .hot_path
         .run_replicated("mark sent", this.key, async |conn| {
-            claims::mark_sent(conn, this.key, msgid, ttl).await
+            claims::mark_sent(conn, this.key, msgid, sent_ms, ttl).await
         })
         .await;
     if let Err(e) = marked {
         tracing::warn!(error = %ErrorChain(&e), "sent, but could not record it in Redis; acking anyway");
+    }
+}
+
+/// When the send was accepted, on Redis's clock: its time at the claim plus the time since
+/// (measured from just before the claim was asked for, so never before it). Without it (a
+/// reply cut short), this machine's clock.
+fn sent_at_ms(this: &Attempt<'_>) -> u64 {
+    let since = u64::try_from(this.claimed_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+    match this.claimed_at_ms {
+        Some(at) => at.saturating_add(since),
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |now| u64::try_from(now.as_millis()).unwrap_or(u64::MAX)),
     }
 }
 
