@@ -499,6 +499,16 @@ pub fn sends_to(sends: &[wxpush_mock_wechat::AcceptedSend], openid: &str) -> usi
 /// Asserts that the accepted sends are exactly one per user `0..n` (as [`order_paid`] makes
 /// them) and nothing else.
 pub fn assert_each_sent_once(sends: &[wxpush_mock_wechat::AcceptedSend], n: usize) {
+    assert_each_sent_once_but(sends, n, &[]);
+}
+
+/// Like [`assert_each_sent_once`], where the users in `dead_lettered` may have no send
+/// instead (their events were dead-lettered as ambiguous: sent once or not at all).
+pub fn assert_each_sent_once_but(
+    sends: &[wxpush_mock_wechat::AcceptedSend],
+    n: usize,
+    dead_lettered: &[usize],
+) {
     let mut per_user = std::collections::BTreeMap::<String, usize>::new();
     for s in sends {
         *per_user
@@ -508,10 +518,15 @@ pub fn assert_each_sent_once(sends: &[wxpush_mock_wechat::AcceptedSend], n: usiz
     let twice: Vec<_> = per_user.iter().filter(|(_, c)| **c > 1).collect();
     assert!(twice.is_empty(), "sent more than once: {twice:?}");
     let missing: Vec<usize> = (0..n)
-        .filter(|i| !per_user.contains_key(&openid(*i)))
+        .filter(|i| !per_user.contains_key(&openid(*i)) && !dead_lettered.contains(i))
         .collect();
     assert!(missing.is_empty(), "never sent: users {missing:?}");
-    assert_eq!(sends.len(), n, "exactly {n} accepted sends");
+    let users: std::collections::BTreeSet<String> = (0..n).map(openid).collect();
+    let others: Vec<&String> = per_user.keys().filter(|u| !users.contains(*u)).collect();
+    assert!(
+        others.is_empty(),
+        "sends to users beyond 0..{n}: {others:?}"
+    );
 }
 
 /// `order_paid` events `{prefix}-0` … for users `0..n`.
