@@ -178,12 +178,8 @@ async fn mark_sent(ctx: &Ctx, this: &Attempt<'_>, msgid: u64) {
 /// reply cut short), this machine's clock.
 fn sent_at_ms(this: &Attempt<'_>) -> u64 {
     let since = u64::try_from(this.claimed_at.elapsed().as_millis()).unwrap_or(u64::MAX);
-    match this.claimed_at_ms {
-        Some(at) => at.saturating_add(since),
-        None => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |now| u64::try_from(now.as_millis()).unwrap_or(u64::MAX)),
-    }
+    this.claimed_at_ms
+        .map_or_else(crate::token::now_ms, |at| at.saturating_add(since))
 }
 
 /// Where WeChat's pushed result for this send will publish an outcome event, it needs the
