@@ -124,31 +124,13 @@ async fn copies_of_a_dead_letter_left_by_a_kill_are_one_letter() {
         action: Run::Count,
         limit: None,
     };
-    let counted = dead_letters::run(
-        &connection,
-        &queues,
-        &dry_run,
-        &Progress::default(),
-        &CancellationToken::new(),
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let counted = run_order(&connection, &queues, &dry_run).await.unwrap();
     assert_eq!((counted.matched, counted.copies), (1, 1));
     let replay = Order {
         action: Run::Replay,
         ..dry_run
     };
-    let replayed = dead_letters::run(
-        &connection,
-        &queues,
-        &replay,
-        &Progress::default(),
-        &CancellationToken::new(),
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let replayed = run_order(&connection, &queues, &replay).await.unwrap();
     assert_eq!((replayed.done, replayed.copies), (1, 1));
     assert_eq!(
         app.dead_len().await,

@@ -116,15 +116,7 @@ async fn two_replays_of_the_same_filter_take_each_letter_once() {
         let (order, queues) = (order.clone(), queues(&app, 64));
         async move {
             let connection = wxpush::broker::connect(AMQP_URL, name).await.unwrap();
-            let tally = dead_letters::run(
-                &connection,
-                &queues,
-                &order,
-                &Progress::default(),
-                &CancellationToken::new(),
-                |_| {},
-            )
-            .await;
+            let tally = run_order(&connection, &queues, &order).await;
             let _ = connection.close(200, "done".into()).await;
             tally.expect("replay runs")
         }
@@ -179,16 +171,9 @@ async fn a_replay_into_a_deleted_events_queue_puts_every_letter_back() {
     let connection = wxpush::broker::connect(AMQP_URL, "replay gone")
         .await
         .unwrap();
-    let tally = dead_letters::run(
-        &connection,
-        &queues(&app, 16),
-        &replay_all(),
-        &Progress::default(),
-        &CancellationToken::new(),
-        |_| {},
-    )
-    .await
-    .expect("the replay runs");
+    let tally = run_order(&connection, &queues(&app, 16), &replay_all())
+        .await
+        .expect("the replay runs");
     let _ = connection.close(200, "done".into()).await;
     assert_eq!((tally.done, tally.unroutable), (0, N as u64), "{tally:?}");
     let back: BTreeSet<String> = app.drain_dead_ids(N).await.into_iter().collect();
@@ -214,16 +199,9 @@ async fn a_purge_drops_only_the_selected_letters() {
         action: Action::Purge,
         limit: Some(10),
     };
-    let tally = dead_letters::run(
-        &connection,
-        &queues(&app, 64),
-        &order,
-        &Progress::default(),
-        &CancellationToken::new(),
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let tally = run_order(&connection, &queues(&app, 64), &order)
+        .await
+        .unwrap();
     let _ = connection.close(200, "done".into()).await;
     assert_eq!(tally.done, 10);
     let purged: Vec<&String> = letters
@@ -255,16 +233,9 @@ async fn replay_rate() {
         .await
         .unwrap();
     let started = Instant::now();
-    let tally = dead_letters::run(
-        &connection,
-        &Queues::of(&app.config.amqp),
-        &replay_all(),
-        &Progress::default(),
-        &CancellationToken::new(),
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let tally = run_order(&connection, &Queues::of(&app.config.amqp), &replay_all())
+        .await
+        .unwrap();
     let took = started.elapsed();
     let _ = connection.close(200, "done".into()).await;
     assert_eq!(tally.done as usize, N);

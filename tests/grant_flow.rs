@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::push::{ONCE, grant_count};
 use common::*;
 use serde_json::{Value, json};
 use wxpush::config::WithoutGrant;
@@ -130,23 +131,11 @@ async fn a_send_uses_a_recorded_grant_only_for_an_app_with_push() {
         .await;
         let user = openid(7);
         let key = wxpush::store::Keys::new(&app.prefix).grants("default", &user);
-        let redis = wxpush::store::HotPath::new(&app.config.redis).unwrap();
-        let count = || async {
-            let mut conn = redis.get().await.unwrap();
-            grants::read_all(&mut conn, &key)
+        let mut conn = redis_conn(&app.config.redis).await;
+        for _ in 0..2 {
+            grants::record_choice(&mut conn, &key, ONCE, Choice::Accept, false)
                 .await
-                .unwrap()
-                .into_iter()
-                .find(|r| r.template_id == "TPL_ORDER_PAID")
-                .map(|r| r.count)
-        };
-        {
-            let mut conn = redis.get().await.unwrap();
-            for _ in 0..2 {
-                grants::record_choice(&mut conn, &key, "TPL_ORDER_PAID", Choice::Accept, false)
-                    .await
-                    .unwrap();
-            }
+                .unwrap();
         }
         let worker = app.worker().await;
         let mut event = order_paid("grant-use-1", 1);
@@ -156,7 +145,12 @@ async fn a_send_uses_a_recorded_grant_only_for_an_app_with_push() {
         // A graceful shutdown waits for the message's task: its ledger write is done.
         worker.shutdown().await.unwrap();
         let expected = if with_push { 1 } else { 2 };
-        assert_eq!(count().await, Some(expected), "with push: {with_push}");
+        let records = grants::read_all(&mut conn, &key).await.unwrap();
+        assert_eq!(
+            grant_count(&records, ONCE),
+            Some(expected),
+            "with push: {with_push}"
+        );
         app.cleanup().await;
     }
 }

@@ -846,8 +846,7 @@ impl TestApp {
     /// letter back in the dead-letter queue, replays them all, lets a worker deliver, and
     /// checks each event was sent once.
     pub async fn replay_all_and_deliver_once(&self, letters: &[(Vec<u8>, BasicProperties)]) {
-        use tokio_util::sync::CancellationToken;
-        use wxpush::dead_letters::{self, Action, Filter, Order, Progress, Queues};
+        use wxpush::dead_letters::{Action, Filter, Order, Queues};
         let n = letters.len();
         self.fill_dead(letters).await;
         let connection = wxpush::broker::connect(AMQP_URL, "replay again")
@@ -862,16 +861,9 @@ impl TestApp {
             window: 256,
             ..Queues::of(&self.config.amqp)
         };
-        let tally = dead_letters::run(
-            &connection,
-            &queues,
-            &order,
-            &Progress::default(),
-            &CancellationToken::new(),
-            |_| {},
-        )
-        .await
-        .expect("the second replay runs");
+        let tally = run_order(&connection, &queues, &order)
+            .await
+            .expect("the second replay runs");
         let _ = connection.close(200, "done".into()).await;
         assert_eq!(tally.done as usize, n);
         let worker = self.worker().await;
@@ -1220,4 +1212,22 @@ pub fn secure_redis(mode: RedisMode) -> Option<RedisConfig> {
 
 fn list(urls: &str) -> Vec<String> {
     urls.split(',').map(str::to_owned).collect()
+}
+
+/// Runs a dead-letter order (`dead_letters::run`) to its end: no progress to watch, never
+/// cancelled, nothing done per match.
+pub async fn run_order(
+    connection: &Connection,
+    queues: &wxpush::dead_letters::Queues,
+    order: &wxpush::dead_letters::Order,
+) -> anyhow::Result<wxpush::dead_letters::Tally> {
+    wxpush::dead_letters::run(
+        connection,
+        queues,
+        order,
+        &wxpush::dead_letters::Progress::default(),
+        &tokio_util::sync::CancellationToken::new(),
+        |_| {},
+    )
+    .await
 }

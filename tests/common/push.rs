@@ -140,11 +140,7 @@ impl PushHarness {
 
     /// The one-time count (or long-term 1/0) recorded for the template; `None`: no entry.
     pub async fn count(&self, app: &str, openid: &str, template_id: &str) -> Option<u64> {
-        self.grants(app, openid)
-            .await
-            .into_iter()
-            .find(|r| r.template_id == template_id)
-            .map(|r| r.count)
+        grant_count(&self.grants(app, openid).await, template_id)
     }
 
     /// Keys under this run's prefix, e.g. to show that a refusal wrote nothing.
@@ -255,4 +251,13 @@ pub fn popup_json(openid: &str, create_time: u64, choices: &[(&str, &str)]) -> S
         "List": list,
     })
     .to_string()
+}
+
+/// The one-time count (or long-term 1/0) the ledger `records` hold for the template;
+/// `None`: no entry.
+pub fn grant_count(records: &[GrantRecord], template_id: &str) -> Option<u64> {
+    records
+        .iter()
+        .find(|r| r.template_id == template_id)
+        .map(|r| r.count)
 }
