@@ -16,21 +16,6 @@ use common::*;
 use tokio_util::sync::CancellationToken;
 use wxpush::dead_letters::{self, Action, Filter, Order, Progress, Queues};
 
-fn queues(app: &TestApp, window: usize) -> Queues {
-    Queues {
-        window,
-        ..Queues::of(&app.config.amqp)
-    }
-}
-
-fn replay_all() -> Order {
-    Order {
-        filter: Filter::default(),
-        action: Action::Replay,
-        limit: None,
-    }
-}
-
 #[tokio::test]
 async fn a_forced_close_mid_replay_loses_nothing_and_sends_each_event_once() {
     const N: usize = 3000;
@@ -50,7 +35,7 @@ async fn a_forced_close_mid_replay_loses_nothing_and_sends_each_event_once() {
     const WINDOW: usize = 4;
     let progress = Arc::new(Progress::default());
     let run = tokio::spawn({
-        let (progress, queues) = (progress.clone(), queues(&app, WINDOW));
+        let (progress, queues) = (progress.clone(), app.dead_queues(WINDOW));
         async move {
             let cancel = CancellationToken::new();
             let result = dead_letters::run(
@@ -113,7 +98,7 @@ async fn two_replays_of_the_same_filter_take_each_letter_once() {
         limit: None,
     };
     let one = |name: &'static str| {
-        let (order, queues) = (order.clone(), queues(&app, 64));
+        let (order, queues) = (order.clone(), app.dead_queues(64));
         async move {
             let connection = wxpush::broker::connect(AMQP_URL, name).await.unwrap();
             let tally = run_order(&connection, &queues, &order).await;
@@ -171,7 +156,7 @@ async fn a_replay_into_a_deleted_events_queue_puts_every_letter_back() {
     let connection = wxpush::broker::connect(AMQP_URL, "replay gone")
         .await
         .unwrap();
-    let tally = run_order(&connection, &queues(&app, 16), &replay_all())
+    let tally = run_order(&connection, &app.dead_queues(16), &replay_all())
         .await
         .expect("the replay runs");
     let _ = connection.close(200, "done".into()).await;
@@ -199,7 +184,7 @@ async fn a_purge_drops_only_the_selected_letters() {
         action: Action::Purge,
         limit: Some(10),
     };
-    let tally = run_order(&connection, &queues(&app, 64), &order)
+    let tally = run_order(&connection, &app.dead_queues(64), &order)
         .await
         .unwrap();
     let _ = connection.close(200, "done".into()).await;

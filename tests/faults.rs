@@ -785,7 +785,7 @@ async fn redis_restarted_mid_stream() {
 async fn replay_under_a_broker_restart() {
     use std::sync::Arc;
     use tokio_util::sync::CancellationToken;
-    use wxpush::dead_letters::{self, Action, Filter, Order, Progress, Queues};
+    use wxpush::dead_letters::{self, Progress};
 
     let _serial = SERIAL.lock().await;
     let n = scaled(3_000);
@@ -795,18 +795,9 @@ async fn replay_under_a_broker_restart() {
         .map(|l| (l.body, l.properties.with_delivery_mode(2)))
         .collect();
     app.fill_dead(&letters).await;
-    let replay_all = Order {
-        filter: Filter::default(),
-        action: Action::Replay,
-        limit: None,
-    };
-    let queues = Queues {
-        window: 8,
-        ..Queues::of(&app.config.amqp)
-    };
     let progress = Arc::new(Progress::default());
     let run = tokio::spawn({
-        let (progress, queues, order) = (progress.clone(), queues.clone(), replay_all.clone());
+        let (progress, queues, order) = (progress.clone(), app.dead_queues(8), replay_all());
         async move {
             let connection = wxpush::broker::connect(AMQP_URL, "replay restart").await?;
             dead_letters::run(

@@ -842,26 +842,25 @@ impl TestApp {
 }
 
 impl TestApp {
+    /// This app's dead-letter and events queues, for a dead-letter order in batches of
+    /// `window`.
+    pub fn dead_queues(&self, window: usize) -> wxpush::dead_letters::Queues {
+        wxpush::dead_letters::Queues {
+            window,
+            ..wxpush::dead_letters::Queues::of(&self.config.amqp)
+        }
+    }
+
     /// After an interrupted replay and [`TestApp::assert_each_in_one_queue`]: puts every
     /// letter back in the dead-letter queue, replays them all, lets a worker deliver, and
     /// checks each event was sent once.
     pub async fn replay_all_and_deliver_once(&self, letters: &[(Vec<u8>, BasicProperties)]) {
-        use wxpush::dead_letters::{Action, Filter, Order, Queues};
         let n = letters.len();
         self.fill_dead(letters).await;
         let connection = wxpush::broker::connect(AMQP_URL, "replay again")
             .await
             .unwrap();
-        let order = Order {
-            filter: Filter::default(),
-            action: Action::Replay,
-            limit: None,
-        };
-        let queues = Queues {
-            window: 256,
-            ..Queues::of(&self.config.amqp)
-        };
-        let tally = run_order(&connection, &queues, &order)
+        let tally = run_order(&connection, &self.dead_queues(256), &replay_all())
             .await
             .expect("the second replay runs");
         let _ = connection.close(200, "done".into()).await;
@@ -1230,4 +1229,13 @@ pub async fn run_order(
         |_| {},
     )
     .await
+}
+
+/// The order that replays every dead letter.
+pub fn replay_all() -> wxpush::dead_letters::Order {
+    wxpush::dead_letters::Order {
+        filter: wxpush::dead_letters::Filter::default(),
+        action: wxpush::dead_letters::Action::Replay,
+        limit: None,
+    }
 }
